@@ -1,0 +1,3 @@
+# No @mn.function() decorator - does not define an asynchronous task.
+def square(i):
+    return i * i

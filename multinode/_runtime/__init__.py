@@ -1,0 +1,1 @@
+"""What runs inside a container (and, at registration, inside the version's environment)."""

@@ -1,0 +1,289 @@
+"""Entry point of a container: ``python -m multinode._runtime.container`` in the tasks folder.
+
+The user function runs on the main thread; a Temporal worker on a thread of its own polls the
+container's task queue for the one ``run_function`` activity of this execution (and for
+``interrupt``). Running user code on the main thread is what lets an interruption reach it anywhere:
+the worker thread sends SIGUSR1 to the main thread, whose handler raises ``InvocationCancelledError``
+or ``InvocationTimedOutError``. A signal handler interrupts ``time.sleep`` and blocking system calls
+(PEP 475) and runs between any two bytecodes of a busy loop, where the SDK's own mechanism for
+thread activities (``PyThreadState_SetAsyncExc``) cannot interrupt a sleep at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from multinode import _serialization
+from multinode._client import connect
+from multinode._protocol import (
+    ENV_CONTAINER_TASK_QUEUE,
+    ENV_INVOCATION_ID,
+    INTERRUPT_ACTIVITY,
+    RUN_FUNCTION_ACTIVITY,
+    InterruptInput,
+    RunInput,
+    RunOutput,
+)
+from multinode._runtime.loader import load_tasks
+from multinode._sdk import Function
+from multinode._settings import MultinodeSettings
+from multinode.errors import InvocationCancelledError, InvocationTimedOutError, PayloadError
+
+HEARTBEAT_INTERVAL_SECONDS = 1.0
+"""How often the run activity heartbeats (the SDK sends at most one per 80% of the heartbeat timeout)."""
+PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
+"""Yields closer together than this are coalesced: only the latest is pickled."""
+IDLE_TIMEOUT_SECONDS = 600.0
+"""A container that receives no execution for this long exits (its workflow has moved on)."""
+INTERRUPT_SIGNAL = signal.SIGUSR1
+
+
+def _log(message: str) -> None:
+    print(f"[multinode] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Call:
+    input: RunInput
+    on_done: Any
+    result: Any = None
+    error: ApplicationError | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Runner:
+    """Main-thread side: runs the one call, and raises interruptions inside it."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[_Call | None] = queue.Queue()
+        self._lock = threading.RLock()  # re-entrant: the signal handler runs on the main thread
+        self._in_user_code = False
+        self._pending: BaseException | None = None
+        self.interrupted: str | None = None
+        self.functions: dict[str, Function] = {}
+        self.load_error: BaseException | None = None
+        self.progress: str | None = None
+        self._progress_at = 0.0
+        self._timeout_seconds = 0.0
+        signal.signal(INTERRUPT_SIGNAL, self._on_signal)
+
+    # --- any thread ---------------------------------------------------------------------------
+
+    def submit(self, call: _Call) -> None:
+        self._calls.put(call)
+
+    def stop_waiting(self) -> None:
+        self._calls.put(None)
+
+    def interrupt(self, reason: str) -> None:
+        with self._lock:
+            if self.interrupted is not None:
+                return
+            self.interrupted = reason
+            _log(f"interrupting the function: {reason.replace('_', ' ')}")
+            if reason == "cancelled":
+                self._pending = InvocationCancelledError()
+            else:
+                self._pending = InvocationTimedOutError(
+                    f"The invocation timed out after {self._timeout_seconds:g} s."
+                )
+            if self._in_user_code:
+                signal.pthread_kill(threading.main_thread().ident or 0, INTERRUPT_SIGNAL)
+
+    # --- main thread --------------------------------------------------------------------------
+
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        with self._lock:
+            if self._in_user_code and self._pending is not None:
+                error, self._pending = self._pending, None
+                raise error
+
+    def next_call(self, timeout: float) -> _Call | None:
+        try:
+            return self._calls.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def execute(self, call: _Call) -> None:
+        self._timeout_seconds = call.input.timeout_seconds
+        try:
+            call.result = self._run_user_code(call.input)
+        except BaseException as exc:  # noqa: BLE001 - everything the user code raises is reported
+            call.error = self._error_for(exc)
+        if call.error is None and self.interrupted is not None:
+            call.error = self._error_for(None)
+        call.done.set()
+        call.on_done()
+
+    def _run_user_code(self, run: RunInput) -> Any:
+        if self.load_error is not None:
+            raise self.load_error
+        function = self.functions.get(run.function_name)
+        if function is None:
+            raise LookupError(f"main.py declares no function {run.function_name!r}")
+        payload = _serialization.decode(json.dumps(run.args))
+        os.environ[ENV_INVOCATION_ID] = run.invocation_id  # nested invocations record their parent
+        with self._lock:
+            self._in_user_code = True
+            if self._pending is not None:  # interrupted before the code even started
+                error, self._pending = self._pending, None
+                self._in_user_code = False
+                raise error
+        try:
+            value = function.fn(*payload["args"], **payload["kwargs"])
+            if inspect.isgenerator(value):
+                value = self._drain(value)
+        finally:
+            with self._lock:
+                self._in_user_code = False
+        return json.loads(_serialization.encode(value, what="The result"))
+
+    def _drain(self, generator: Any) -> Any:
+        last = None
+        for last in generator:
+            now = time.monotonic()
+            if now - self._progress_at >= PROGRESS_ENCODE_INTERVAL_SECONDS:
+                self._publish_progress(last)
+                self._progress_at = now
+        self._publish_progress(last)
+        return last
+
+    def _publish_progress(self, value: Any) -> None:
+        try:
+            self.progress = _serialization.encode(value, what="A yielded value")
+        except PayloadError as exc:
+            _log(f"progress not published: {exc}")
+
+    def _error_for(self, exc: BaseException | None) -> ApplicationError:
+        if self.interrupted == "timed_out":
+            return ApplicationError(
+                f"The invocation timed out after {self._timeout_seconds:g} s.",
+                type="InvocationTimedOutError",
+                non_retryable=True,
+            )
+        if self.interrupted == "cancelled":
+            return ApplicationError("The invocation was cancelled.", type="InvocationCancelledError", non_retryable=True)
+        assert exc is not None
+        cls = type(exc)
+        name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+        if isinstance(exc, PayloadError):
+            name = "PayloadError"
+        tb = "".join(traceback.format_exception(exc))
+        return ApplicationError(str(exc), tb, type=name, non_retryable=True)
+
+
+class ContainerActivities:
+    """Worker-thread side: the activities this container's worker runs."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.finished = threading.Event()
+
+    @activity.defn(name=RUN_FUNCTION_ACTIVITY)
+    async def run_function(self, run: RunInput) -> RunOutput:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        call = _Call(run, on_done=lambda: loop.call_soon_threadsafe(done.set))
+        self.runner.submit(call)
+        timers = [loop.call_later(run.timeout_seconds, self.runner.interrupt, "timed_out")]
+        try:
+            while not done.is_set():
+                activity.heartbeat(*([self.runner.progress] if self.runner.progress is not None else []))
+                if self.runner.interrupted == "timed_out" and not timers[1:]:
+                    timers.append(loop.call_later(run.grace_period_seconds, done.set))
+                try:
+                    await asyncio.wait_for(done.wait(), HEARTBEAT_INTERVAL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            self.runner.interrupt("cancelled")
+            try:
+                await asyncio.wait_for(asyncio.shield(done.wait()), run.grace_period_seconds)
+            except asyncio.TimeoutError:
+                _log("the function did not stop within the grace period")
+            raise
+        finally:
+            for timer in timers:
+                timer.cancel()
+            self.finished.set()
+        if not call.done.is_set():
+            _log("the function did not stop within the grace period after its timeout")
+            raise self.runner._error_for(None)
+        if call.error is not None:
+            raise call.error
+        return RunOutput(result=call.result)
+
+    @activity.defn(name=INTERRUPT_ACTIVITY)
+    async def interrupt(self, request: InterruptInput) -> None:
+        self.runner.interrupt(request.reason)
+
+
+async def _serve(activities: ContainerActivities, settings: MultinodeSettings, task_queue: str) -> None:
+    client = await connect(settings)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        activities=[activities.run_function, activities.interrupt],
+        max_concurrent_activities=4,
+        # The run activity has returned when shutdown starts; leave time for its report to be sent.
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    async with worker:
+        await asyncio.to_thread(activities.finished.wait)
+
+
+def main() -> int:
+    task_queue = os.environ[ENV_CONTAINER_TASK_QUEUE]
+    settings = MultinodeSettings.from_env()
+    runner = Runner()
+    activities = ContainerActivities(runner)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(_serve(activities, settings, task_queue))
+        except BaseException as exc:  # noqa: BLE001 - reported below, then the container exits
+            failure.append(exc)
+            runner.stop_waiting()
+
+    thread = threading.Thread(target=serve, name="multinode-worker", daemon=True)
+    thread.start()
+    try:
+        runner.functions = load_tasks(Path.cwd())
+    except BaseException as exc:  # noqa: BLE001 - reported as the execution's error
+        runner.load_error = exc
+    call = runner.next_call(IDLE_TIMEOUT_SECONDS)
+    if call is not None:
+        runner.execute(call)
+        thread.join(timeout=60)
+    code = 0
+    if failure:
+        _log(f"the container's worker failed: {failure[0]}")
+        code = 2
+    elif call is None:
+        _log(f"no execution arrived within {IDLE_TIMEOUT_SECONDS:g} s; exiting")
+        code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # threads the user code started must not keep the container alive
+
+
+if __name__ == "__main__":
+    main()

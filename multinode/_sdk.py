@@ -1,0 +1,192 @@
+"""The tasks side: ``Multinode()`` and the ``@mn.function(...)`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+from multinode._config import (
+    DEFAULT_CPU,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MEMORY,
+    DEFAULT_TIMEOUT,
+    FunctionConfig,
+    build_function_config,
+)
+from multinode._handle import DeployedFunction
+from multinode._protocol import ENV_PROJECT, ENV_VERSION, Parameter
+from multinode._settings import MultinodeSettings
+from multinode._types import Invocation, InvocationIdsList
+from multinode.errors import ConfigurationError, ValidationError
+
+_instances: list[Multinode] = []
+
+
+class Function:
+    """A function decorated with ``@mn.function()``.
+
+    Calling it runs it here, unchanged. Its handle methods (``.start``, ``.get``, ...) act on the
+    registered project: inside an invocation, the version that runs it; elsewhere, the latest.
+    """
+
+    def __init__(self, fn: Callable[..., Any], config: FunctionConfig, owner: Multinode) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name: str = fn.__name__
+        self.config = config
+        self._owner = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<multinode.Function {self.name}>"
+
+    def parameters(self) -> list[Parameter]:
+        return [
+            Parameter(name=p.name, kind=p.kind.name, has_default=p.default is not inspect.Parameter.empty)
+            for p in inspect.signature(self.fn).parameters.values()
+        ]
+
+    def deployed(self) -> DeployedFunction:
+        project = self._owner.project_name or os.environ.get(ENV_PROJECT)
+        if not project:
+            raise ConfigurationError(
+                f"{self.name}: no project to invoke it in. Pass it to Multinode(project_name=...), set "
+                "MULTINODE_PROJECT, or use get_deployed_function(project_name=..., function_name=...)."
+            )
+        same_project = project == os.environ.get(ENV_PROJECT)
+        version = os.environ.get(ENV_VERSION) if same_project else None
+        return DeployedFunction(project, self.name, version, settings=self._owner.settings)
+
+    # The handle methods, delegated (kept explicit so they show in help() and IDEs).
+    def start(self, *args: Any, **kwargs: Any) -> str:
+        return self.deployed().start(*args, **kwargs)
+
+    async def start_async(self, *args: Any, **kwargs: Any) -> str:
+        return await self.deployed().start_async(*args, **kwargs)
+
+    def get(self, invocation_id: str) -> Invocation:
+        return self.deployed().get(invocation_id)
+
+    async def get_async(self, invocation_id: str) -> Invocation:
+        return await self.deployed().get_async(invocation_id)
+
+    def cancel(self, invocation_id: str) -> None:
+        self.deployed().cancel(invocation_id)
+
+    async def cancel_async(self, invocation_id: str) -> None:
+        await self.deployed().cancel_async(invocation_id)
+
+    def list(self, offset: str | None = None) -> InvocationIdsList:
+        return self.deployed().list(offset)
+
+    async def list_async(self, offset: str | None = None) -> InvocationIdsList:
+        return await self.deployed().list_async(offset)
+
+    def await_result(self, invocation_id: str, timeout: float | None = None) -> Any:
+        return self.deployed().await_result(invocation_id, timeout)
+
+    async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> Any:
+        return await self.deployed().await_result_async(invocation_id, timeout)
+
+    def call_remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.deployed().call_remote(*args, **kwargs)
+
+    async def call_remote_async(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.deployed().call_remote_async(*args, **kwargs)
+
+    def map(self, iterable: Iterable[Any]) -> Any:
+        return self.deployed().map(iterable)
+
+    def map_async(self, iterable: Iterable[Any]) -> Any:
+        return self.deployed().map_async(iterable)
+
+    def starmap(self, iterable: Iterable[Iterable[Any]]) -> Any:
+        return self.deployed().starmap(iterable)
+
+    def starmap_async(self, iterable: Iterable[Iterable[Any]]) -> Any:
+        return self.deployed().starmap_async(iterable)
+
+
+class Multinode:
+    """Entry point of a tasks folder: ``mn = Multinode()``, then ``@mn.function(...)``.
+
+    ``project_name`` is only needed to invoke the decorated functions from outside an invocation;
+    the project of a tasks folder is named at ``mn register PATH --project NAME``.
+    """
+
+    def __init__(self, project_name: str | None = None, *, settings: MultinodeSettings | None = None) -> None:
+        self.project_name = project_name
+        self.settings = settings
+        self.functions: dict[str, Function] = {}
+        _instances.append(self)
+
+    def function(
+        self,
+        _fn: Any = None,
+        *,
+        cpu: float = DEFAULT_CPU,
+        memory: str = DEFAULT_MEMORY,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        timeout: timedelta = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> Callable[[Callable[..., Any]], Function]:
+        """Declare an asynchronous task; every option is checked here, at decoration time."""
+        if _fn is not None:
+            raise ValidationError(
+                "@mn.function takes keyword options only. Did you forget parentheses? Write @mn.function()."
+            )
+
+        def decorate(fn: Callable[..., Any]) -> Function:
+            if not callable(fn) or inspect.isclass(fn):
+                raise ValidationError(f"@mn.function() decorates functions, not {fn!r}.")
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                raise ValidationError(
+                    f"{fn.__name__} is async; Multinode functions are plain (sync) functions or generators."
+                )
+            config = build_function_config(
+                cpu=cpu,
+                memory=memory,
+                max_concurrency=max_concurrency,
+                timeout=timeout,
+                max_retries=max_retries,
+                is_generator=inspect.isgeneratorfunction(fn),
+            )
+            if fn.__name__ in self.functions:
+                raise ValidationError(f"Two functions are named {fn.__name__!r}; function names must be unique.")
+            function = Function(fn, config, self)
+            self.functions[fn.__name__] = function
+            return function
+
+        return decorate
+
+
+def declared_functions() -> dict[str, Function]:
+    """Every function declared by any ``Multinode`` instance in this process."""
+    found: dict[str, Function] = {}
+    for instance in _instances:
+        for name, function in instance.functions.items():
+            if name in found and found[name] is not function:
+                raise ValidationError(f"Two functions are named {name!r}; function names must be unique.")
+            found[name] = function
+    return found
+
+
+def get_deployed_function(
+    project_name: str,
+    function_name: str,
+    version_id: str | None = None,
+    *,
+    settings: MultinodeSettings | None = None,
+) -> DeployedFunction:
+    """A handle on a registered function (the latest version unless ``version_id`` is given).
+
+    Nothing is contacted until a method is called, so this never fails on its own.
+    """
+    return DeployedFunction(project_name, function_name, version_id, settings=settings)

@@ -1,0 +1,129 @@
+"""Control-plane and SDK settings, loaded explicitly from the environment (never at import time).
+
+Each setting has one environment variable:
+
+=================================  ===============================================  =====================
+Variable                           Meaning                                          Default
+=================================  ===============================================  =====================
+``TEMPORAL_ADDRESS`` & co.         Temporal connection, by Temporal's own           ``localhost:7233``
+                                   conventions (``TEMPORAL_NAMESPACE``,             namespace ``default``
+                                   ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``,
+                                   ``TEMPORAL_PROFILE``, ``temporal.toml``)
+``MULTINODE_TASK_QUEUE``           Task queue of the control-plane workers          ``multinode``
+``MULTINODE_HOME``                 Local state: versions, environments, logs,       ``~/.multinode``
+                                   the dev server's database
+``MULTINODE_PROVISIONER``          Container backend of ``mn worker``               ``local``
+``MULTINODE_GRACE_PERIOD_SECONDS`` Time user code gets after an interruption        ``120``
+``MULTINODE_WORKER_WAIT_SECONDS``  How long the SDK waits for a control-plane        ``5``
+                                   worker to answer before failing
+=================================  ===============================================  =====================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.envconfig import ClientConfigProfile
+
+from multinode.errors import ConfigurationError
+
+DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
+"""Where the SDK looks for Temporal when nothing is configured: the ``mn dev`` server."""
+DEFAULT_TASK_QUEUE = "multinode"
+"""Task queue shared by every control-plane worker."""
+DEFAULT_GRACE_PERIOD_SECONDS = 120.0
+"""Time user code gets to finish after a cancellation or timeout before it is killed."""
+DEFAULT_WORKER_WAIT_SECONDS = 5.0
+"""How long an SDK call that needs a control-plane worker waits for one before failing."""
+DEFAULT_PROVISIONER = "local"
+"""Container backend used when ``MULTINODE_PROVISIONER`` is unset."""
+
+_TEMPORAL_PROFILE_ENV = "MULTINODE_TEMPORAL_PROFILE_JSON"
+
+
+def default_home() -> Path:
+    return Path.home() / ".multinode"
+
+
+class MultinodeSettings(BaseModel):
+    """Everything the SDK, the CLI and the control-plane worker need to know about their setting."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temporal_profile: dict[str, Any] = Field(default_factory=dict)
+    """Temporal client profile in ``temporal.toml`` form (address, namespace, api_key, tls)."""
+    task_queue: str = DEFAULT_TASK_QUEUE
+    home: Path = Field(default_factory=default_home)
+    provisioner: str = DEFAULT_PROVISIONER
+    grace_period_seconds: float = DEFAULT_GRACE_PERIOD_SECONDS
+    worker_wait_seconds: float = DEFAULT_WORKER_WAIT_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
+        env = os.environ if environ is None else environ
+        profile_json = env.get(_TEMPORAL_PROFILE_ENV)
+        if profile_json:
+            profile = json.loads(profile_json)
+        else:
+            try:
+                profile = dict(ClientConfigProfile.load(override_env_vars=dict(env)).to_dict())
+            except Exception as exc:  # envconfig raises plain errors for a bad temporal.toml
+                raise ConfigurationError(f"Could not load the Temporal client configuration: {exc}") from exc
+        return cls(
+            temporal_profile=profile,
+            task_queue=env.get("MULTINODE_TASK_QUEUE") or DEFAULT_TASK_QUEUE,
+            home=Path(env["MULTINODE_HOME"]).expanduser() if env.get("MULTINODE_HOME") else default_home(),
+            provisioner=env.get("MULTINODE_PROVISIONER") or DEFAULT_PROVISIONER,
+            grace_period_seconds=_float(env, "MULTINODE_GRACE_PERIOD_SECONDS", DEFAULT_GRACE_PERIOD_SECONDS),
+            worker_wait_seconds=_float(env, "MULTINODE_WORKER_WAIT_SECONDS", DEFAULT_WORKER_WAIT_SECONDS),
+        )
+
+    @property
+    def temporal_address(self) -> str:
+        return str(self.temporal_profile.get("address") or DEFAULT_TEMPORAL_ADDRESS)
+
+    @property
+    def temporal_namespace(self) -> str:
+        return str(self.temporal_profile.get("namespace") or "default")
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``temporalio.client.Client.connect``."""
+        profile = ClientConfigProfile.from_dict(self.temporal_profile)  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = dict(profile.to_client_connect_config())
+        kwargs["target_host"] = self.temporal_address
+        kwargs["namespace"] = self.temporal_namespace
+        return kwargs
+
+    def to_env(self) -> dict[str, str]:
+        """Environment that reproduces these settings in another process (a container)."""
+        return {
+            _TEMPORAL_PROFILE_ENV: json.dumps(
+                {**self.temporal_profile, "address": self.temporal_address, "namespace": self.temporal_namespace}
+            ),
+            "MULTINODE_TASK_QUEUE": self.task_queue,
+            "MULTINODE_HOME": str(self.home),
+            "MULTINODE_PROVISIONER": self.provisioner,
+            "MULTINODE_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
+            "MULTINODE_WORKER_WAIT_SECONDS": str(self.worker_wait_seconds),
+        }
+
+    def with_overrides(self, **changes: Any) -> MultinodeSettings:
+        return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds.", parameter=name) from exc
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be more than 0.", parameter=name)
+    return value

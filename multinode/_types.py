@@ -1,0 +1,83 @@
+"""Public values returned by the SDK: invocations, their executions and listings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class InvocationStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset(
+    {InvocationStatus.SUCCEEDED, InvocationStatus.FAILED, InvocationStatus.CANCELLED, InvocationStatus.TIMED_OUT}
+)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What went wrong in the remote code: its exception type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One attempt of an invocation, in its own container."""
+
+    execution_id: str
+    attempt: int
+    status: InvocationStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: ErrorDetails | None
+    terminated: bool
+
+
+@dataclass(frozen=True)
+class Invocation:
+    invocation_id: str
+    status: InvocationStatus
+    result: Any
+    """The return value once SUCCEEDED; for a generator, the latest yielded value."""
+    error: ErrorDetails | None
+    terminated: bool
+    """True only once the invocation's container is gone."""
+    num_failed_attempts: int
+    function_name: str
+    project_name: str
+    version_id: str
+    parent_invocation_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    executions: list[Execution] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InvocationIdsList:
+    invocation_ids: list[str]
+    """Newest first."""
+    offset: str | None
+    """Pass to ``.list(offset=...)`` for the next page; None on the last page."""

@@ -1,0 +1,68 @@
+"""The control-plane worker: invocation and registry workflows plus provisioner activities.
+
+It never runs user code. Any number of them may share one task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from multinode._client import connect
+from multinode._protocol import SEARCH_ATTRIBUTES
+from multinode._settings import MultinodeSettings
+from multinode.activities import ProvisioningActivities
+from multinode.provisioner import Provisioner, create_provisioner
+from multinode.workflows import InvocationWorkflow, ProjectWorkflow
+
+logger = logging.getLogger("multinode.worker")
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register Multinode's search attributes on the namespace if they are missing."""
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = [name for name in SEARCH_ATTRIBUTES if name not in existing.custom_attributes]
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing},
+            )
+        )
+    except RPCError as exc:
+        logger.error(
+            "Could not register search attributes %s (%s); create them as Keyword with "
+            "`temporal operator search-attribute create`.",
+            ", ".join(missing),
+            exc,
+        )
+
+
+def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provisioner) -> Worker:
+    activities = ProvisioningActivities(settings, {provisioner.name: provisioner})
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[InvocationWorkflow, ProjectWorkflow],
+        activities=activities.all(),
+    )
+
+
+async def run_worker(settings: MultinodeSettings, stop: asyncio.Event | None = None) -> None:
+    """Run a control-plane worker until ``stop`` is set (or forever)."""
+    client = await connect(settings)
+    await ensure_search_attributes(client)
+    provisioner = create_provisioner(settings.provisioner, settings.home)
+    async with build_worker(client, settings, provisioner):
+        logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
+        await (stop or asyncio.Event()).wait()

@@ -1,0 +1,106 @@
+"""Control-plane activities around one container: provision, watch, deprovision.
+
+The provisioner is synchronous (boto3 is); its calls run in threads so the worker's loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from multinode._protocol import (
+    DEPROVISION_ACTIVITY,
+    ENV_CONTAINER_TASK_QUEUE,
+    ENV_EXECUTION_ID,
+    ENV_FUNCTION,
+    ENV_INVOCATION_ID,
+    ENV_PROJECT,
+    ENV_VERSION,
+    PROVISION_ACTIVITY,
+    WATCH_ACTIVITY,
+    ContainerExit,
+    ContainerHandle,
+    ProvisionInput,
+    container_task_queue,
+)
+from multinode._settings import MultinodeSettings
+from multinode.errors import ProvisionerError
+from multinode.provisioner import ContainerSpec, Provisioner
+
+LOG_LINES_IN_EXIT_REASON = 8
+"""Last lines of a container's output quoted when it stops unexpectedly."""
+
+
+class ProvisioningActivities:
+    def __init__(self, settings: MultinodeSettings, provisioners: dict[str, Provisioner]) -> None:
+        self._settings = settings
+        self._provisioners = provisioners
+
+    def _provisioner(self, name: str) -> Provisioner:
+        provisioner = self._provisioners.get(name)
+        if provisioner is None:
+            raise ApplicationError(
+                f"This control-plane worker has no {name!r} provisioner; start one with MULTINODE_PROVISIONER={name}.",
+                type="ProvisionerError",
+            )
+        return provisioner
+
+    @activity.defn(name=PROVISION_ACTIVITY)
+    async def provision(self, request: ProvisionInput) -> ContainerHandle:
+        provisioner = self._provisioner(request.provisioner)
+        environment = {
+            **self._settings.to_env(),
+            ENV_EXECUTION_ID: request.execution_id,
+            ENV_INVOCATION_ID: request.invocation_id,
+            ENV_CONTAINER_TASK_QUEUE: container_task_queue(request.execution_id),
+            ENV_PROJECT: request.project_name,
+            ENV_VERSION: request.version_id,
+            ENV_FUNCTION: request.function_name,
+        }
+        spec = ContainerSpec(
+            execution_id=request.execution_id,
+            invocation_id=request.invocation_id,
+            project_name=request.project_name,
+            version_id=request.version_id,
+            function_name=request.function_name,
+            cpu=request.config.cpu,
+            memory_mib=request.config.memory_mib,
+            artifact=request.artifact,
+            environment=environment,
+        )
+        try:
+            handle_id = await asyncio.to_thread(provisioner.start, spec)
+        except ProvisionerError as exc:
+            raise ApplicationError(str(exc), type="ProvisionerError", non_retryable=True) from exc
+        return ContainerHandle(
+            provisioner=request.provisioner,
+            execution_id=request.execution_id,
+            handle_id=handle_id,
+            grace_period_seconds=self._settings.grace_period_seconds,
+        )
+
+    @activity.defn(name=WATCH_ACTIVITY)
+    async def watch(self, handle: ContainerHandle) -> ContainerExit:
+        """Return once the container has stopped, with why; heartbeats so a lost worker is noticed."""
+        provisioner = self._provisioner(handle.provisioner)
+        while True:
+            status = await asyncio.to_thread(provisioner.status, handle.handle_id)
+            if status.state == "exited":
+                reason = status.reason
+                if status.exit_code not in (0, None) or "memory" in reason:
+                    logs = await asyncio.to_thread(provisioner.logs, handle.handle_id)
+                    tail = "\n".join(logs.strip().splitlines()[-LOG_LINES_IN_EXIT_REASON:])
+                    if tail:
+                        reason = f"{reason}; last output:\n{tail}"
+                return ContainerExit(exit_code=status.exit_code, reason=reason)
+            activity.heartbeat()
+            await asyncio.sleep(provisioner.status_poll_interval)
+
+    @activity.defn(name=DEPROVISION_ACTIVITY)
+    async def deprovision(self, handle: ContainerHandle) -> None:
+        await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
+
+    def all(self) -> list[object]:
+        return [self.provision, self.watch, self.deprovision]

@@ -1,0 +1,5 @@
+"""Backends that start and stop containers. They know nothing about Temporal."""
+
+from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner, create_provisioner
+
+__all__ = ["ContainerSpec", "ContainerStatus", "Provisioner", "create_provisioner"]

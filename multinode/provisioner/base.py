@@ -1,0 +1,68 @@
+"""The narrow interface every container backend implements: start, status, stop, logs."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from multinode.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One execution's container: what to run and how big."""
+
+    execution_id: str
+    invocation_id: str
+    project_name: str
+    version_id: str
+    function_name: str
+    cpu: float
+    memory_mib: int
+    artifact: dict[str, str]
+    environment: dict[str, str] = field(default_factory=dict)
+    """Multinode's runtime settings for the container (never the user's ``.env``)."""
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: Literal["running", "exited"]
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class Provisioner(abc.ABC):
+    """Starts one container per execution. Every method is idempotent and safe to retry."""
+
+    name: str
+    status_poll_interval: float = 1.0
+    """How often the control plane may call ``status`` for one container, in seconds."""
+
+    @abc.abstractmethod
+    def start(self, spec: ContainerSpec) -> str:
+        """Start the container (or find the one already started for this execution); return its handle."""
+
+    @abc.abstractmethod
+    def status(self, handle_id: str) -> ContainerStatus:
+        """Whether the container still runs; once exited, its exit code and a readable reason."""
+
+    @abc.abstractmethod
+    def stop(self, handle_id: str) -> None:
+        """Kill the container now and return once it is gone. Stopping a stopped container is a no-op."""
+
+    @abc.abstractmethod
+    def logs(self, handle_id: str) -> str:
+        """Everything the container printed (stdout and stderr) so far."""
+
+
+def create_provisioner(name: str, home: Path) -> Provisioner:
+    """The backend called ``name`` (``MULTINODE_PROVISIONER``)."""
+    if name == "local":
+        from multinode.provisioner.local import LocalProvisioner
+
+        return LocalProvisioner(home)
+    raise ConfigurationError(
+        f"Unknown provisioner {name!r}: set MULTINODE_PROVISIONER to 'local'.", parameter="MULTINODE_PROVISIONER"
+    )

@@ -1,0 +1,175 @@
+"""Stored versions for the local backend: content-addressed code and cached Python environments.
+
+``$MULTINODE_HOME/code/DIGEST/`` holds a copy of the tasks folder (its ``.env`` included: the values
+stay on this disk and never pass through Temporal). ``$MULTINODE_HOME/envs/KEY/`` is a virtual
+environment built with uv from requirements.txt plus Multinode's runtime; KEY hashes the
+requirements, the Python version and the runtime pins, so unchanged requirements never reinstall.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import multinode
+from multinode.errors import InvalidTasksFolderError, ProvisionerError
+
+IGNORED_NAMES = frozenset(
+    {"__pycache__", ".git", ".hg", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+)
+"""Folder entries left out of a stored version."""
+RUNTIME_DISTRIBUTIONS = ("temporalio", "jsonpickle", "pydantic", "python-dotenv")
+"""What the container runtime imports, pinned to the control plane's versions."""
+ENV_BUILD_TIMEOUT_SECONDS = 1800
+"""Longest an environment build may take."""
+
+
+@dataclass(frozen=True)
+class BuiltVersion:
+    code_digest: str
+    artifact: dict[str, str]
+    code_dir: Path
+    python: Path
+
+
+def _ignored(name: str) -> bool:
+    return name in IGNORED_NAMES or name.endswith(".pyc")
+
+
+def tasks_files(tasks_dir: Path) -> list[Path]:
+    """The files of a tasks folder that make up a version, sorted."""
+    files: list[Path] = []
+    for root, dirs, names in os.walk(tasks_dir):
+        dirs[:] = sorted(d for d in dirs if not _ignored(d))
+        files.extend(Path(root, n) for n in sorted(names) if not _ignored(n))
+    return files
+
+
+def code_digest(tasks_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in tasks_files(tasks_dir):
+        digest.update(path.relative_to(tasks_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def runtime_pins() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_DISTRIBUTIONS]
+
+
+class LocalVersionStore:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def code_dir(self, digest: str) -> Path:
+        return self.home / "code" / digest
+
+    def env_dir(self, key: str) -> Path:
+        return self.home / "envs" / key
+
+    def env_python(self, key: str) -> Path:
+        return self.env_dir(key) / "bin" / "python"
+
+    def build(self, tasks_dir: Path) -> BuiltVersion:
+        digest = code_digest(tasks_dir)
+        code_dir = self._store_code(tasks_dir, digest)
+        requirements = tasks_dir / "requirements.txt"
+        req_bytes = requirements.read_bytes() if requirements.is_file() else b""
+        key = hashlib.sha256(
+            b"\0".join([sys.version.encode(), "\n".join(runtime_pins()).encode(), req_bytes])
+        ).hexdigest()[:24]
+        self._build_env(key, code_dir / "requirements.txt" if req_bytes else None)
+        return BuiltVersion(
+            code_digest=digest,
+            artifact={"code_digest": digest, "env_key": key},
+            code_dir=code_dir,
+            python=self.env_python(key),
+        )
+
+    def link_runtime(self) -> Path:
+        """``$MULTINODE_HOME/runtime`` holds only a link to this ``multinode`` package, so a version's
+        environment imports Multinode without seeing the control plane's other packages."""
+        runtime = self.home / "runtime"
+        runtime.mkdir(parents=True, exist_ok=True)
+        link = runtime / "multinode"
+        target = Path(multinode.__file__).resolve().parent
+        if not (link.is_symlink() and Path(os.readlink(link)) == target):
+            tmp = runtime / f".multinode-{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target, target_is_directory=True)
+            os.replace(tmp, link)
+        return runtime
+
+    def _store_code(self, tasks_dir: Path, digest: str) -> Path:
+        final = self.code_dir(digest)
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=final.parent))
+        shutil.copytree(tasks_dir, tmp, ignore=lambda _d, names: [n for n in names if _ignored(n)], dirs_exist_ok=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another registration stored the same content first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _build_env(self, key: str, requirements: Path | None) -> None:
+        env_dir = self.env_dir(key)
+        ready = env_dir / ".multinode-ready"
+        if ready.exists():
+            return
+        env_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(env_dir.parent / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if ready.exists():
+                return
+            shutil.rmtree(env_dir, ignore_errors=True)  # a build that was interrupted
+            uv = _uv()
+            env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(env_dir)}
+            _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env, "Creating the environment")
+            install = [uv, "pip", "install", "--quiet", "--python", str(env_dir / "bin" / "python"), *runtime_pins()]
+            if requirements is not None:
+                install += ["-r", str(requirements)]
+            _run(install, env, "Installing requirements.txt")
+            purelib = Path(
+                sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)})
+            )
+            (purelib / "_multinode_runtime.pth").write_text(str(self.link_runtime()) + "\n")
+            ready.touch()
+
+
+def _uv() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found is None:
+            raise ProvisionerError("uv is not installed; install Multinode with its dependencies.") from None
+        return found
+
+
+def _run(command: list[str], env: dict[str, str], what: str) -> None:
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidTasksFolderError(
+            f"{what} took longer than {ENV_BUILD_TIMEOUT_SECONDS} s.", path=str(command[-1])
+        ) from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise InvalidTasksFolderError(
+            f"{what} failed; fix requirements.txt and register again.", path=str(command[-1]), details=tail
+        )

@@ -1,0 +1,292 @@
+"""The invocation workflow: one per invocation, id = invocation id.
+
+Per attempt: provision a container (control-plane activity), run the user function as an activity on
+the container's own task queue, watch the container so that its death is noticed at once, and always
+deprovision. Retries are attempts of this whole sequence, not Temporal activity retries, because a
+retry must get a fresh container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
+
+with workflow.unsafe.imports_passed_through():
+    from multinode._protocol import (
+        DEPROVISION_ACTIVITY,
+        DESCRIBE_QUERY,
+        INTERRUPT_ACTIVITY,
+        INVOCATION_WORKFLOW,
+        PROVISION_ACTIVITY,
+        RUN_FUNCTION_ACTIVITY,
+        SA_STATUS,
+        WATCH_ACTIVITY,
+        ContainerExit,
+        ContainerHandle,
+        ErrorInfo,
+        ExecutionState,
+        InterruptInput,
+        InvocationInput,
+        InvocationState,
+        ProvisionInput,
+        RunInput,
+        RunOutput,
+        container_task_queue,
+    )
+
+CONTAINER_START_TIMEOUT = timedelta(minutes=10)
+"""How long a provisioned container may take to start polling for its execution."""
+RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+"""A container that sends no heartbeat for this long is considered lost."""
+EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
+"""After a container exits, how long to wait for its run activity's own completion to arrive."""
+RETRY_BACKOFF_INITIAL = timedelta(seconds=1)
+"""Wait before the second attempt; doubles for each further attempt."""
+RETRY_BACKOFF_MAX = timedelta(minutes=1)
+"""Longest wait between two attempts."""
+
+_FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
+_T = TypeVar("_T")
+
+
+class _AttemptEnd(Exception):
+    """How an attempt ended other than by success."""
+
+    def __init__(self, status: str, error: ErrorInfo | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = error
+
+
+@workflow.defn(name=INVOCATION_WORKFLOW)
+class InvocationWorkflow:
+    @workflow.init
+    def __init__(self, input: InvocationInput) -> None:
+        info = workflow.info()
+        self._input = input
+        self._cancel_requested = False
+        self._state = InvocationState(
+            invocation_id=info.workflow_id,
+            project_name=input.project_name,
+            version_id=input.version_id,
+            function_name=input.function_name,
+            status="PENDING",
+            created_at=info.start_time,
+            parent_invocation_id=input.parent_invocation_id,
+        )
+
+    @workflow.query(name=DESCRIBE_QUERY)
+    def describe(self) -> InvocationState:
+        return self._state
+
+    @workflow.run
+    async def run(self, input: InvocationInput) -> InvocationState:
+        max_attempts = input.config.max_retries + 1
+        status, error = "CANCELLED", None
+        try:
+            for attempt in range(1, max_attempts + 1):
+                execution = await self._run_attempt(attempt)
+                status, error = execution.status, execution.error
+                if status != "FAILED":
+                    break
+                self._state.num_failed_attempts += 1
+                if attempt < max_attempts:
+                    self._set_status("PENDING")
+                    await workflow.sleep(_backoff(attempt))
+        except asyncio.CancelledError:
+            status, error = "CANCELLED", None  # cancelled while no container existed
+        self._state.error = error
+        self._state.terminated = all(e.terminated for e in self._state.executions)
+        self._state.finished_at = workflow.now()
+        self._set_status(status)
+        return self._state
+
+    # --- one attempt --------------------------------------------------------------------------
+
+    async def _run_attempt(self, attempt: int) -> ExecutionState:
+        info = workflow.info()
+        execution = ExecutionState(execution_id=f"{info.workflow_id}-{attempt}", attempt=attempt, status="RUNNING")
+        self._state.executions.append(execution)
+        self._set_status("RUNNING")
+        execution.started_at = workflow.now()
+        if self._state.started_at is None:
+            self._state.started_at = execution.started_at
+        handle: ContainerHandle | None = None
+        try:
+            # Shielded: a cancellation during provisioning must still learn the handle to stop it.
+            handle = await self._uncancellable(
+                workflow.execute_activity(
+                    PROVISION_ACTIVITY,
+                    ProvisionInput(
+                        invocation_id=info.workflow_id,
+                        execution_id=execution.execution_id,
+                        project_name=self._input.project_name,
+                        version_id=self._input.version_id,
+                        function_name=self._input.function_name,
+                        config=self._input.config,
+                        provisioner=self._input.provisioner,
+                        artifact=self._input.artifact,
+                    ),
+                    result_type=ContainerHandle,
+                    start_to_close_timeout=timedelta(minutes=10),
+                    retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"]),
+                )
+            )
+            if self._cancel_requested:
+                raise _AttemptEnd("CANCELLED")
+            output = await self._run_in_container(execution, handle)
+            self._state.result = output.result
+            execution.status = "SUCCEEDED"
+        except _AttemptEnd as end:
+            execution.status, execution.error = end.status, end.error
+        except ActivityError as err:  # provisioning failed for good
+            execution.status, execution.error = "FAILED", _error_from(err, "ProvisionerError")
+        finally:
+            execution.finished_at = workflow.now()
+            if handle is not None:
+                await self._uncancellable(
+                    workflow.execute_activity(
+                        DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
+                    )
+                )
+            execution.terminated = True
+        return execution
+
+    async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
+        grace = timedelta(seconds=handle.grace_period_seconds)
+        queue = container_task_queue(execution.execution_id)
+        run = workflow.start_activity(
+            RUN_FUNCTION_ACTIVITY,
+            RunInput(
+                invocation_id=workflow.info().workflow_id,
+                execution_id=execution.execution_id,
+                function_name=self._input.function_name,
+                args=self._input.args,
+                timeout_seconds=self._input.config.timeout_seconds,
+                grace_period_seconds=handle.grace_period_seconds,
+            ),
+            result_type=RunOutput,
+            task_queue=queue,
+            schedule_to_start_timeout=CONTAINER_START_TIMEOUT,
+            # Backstop only: the container raises the timeout in user code itself at the deadline.
+            start_to_close_timeout=self._input.config.timeout + grace + timedelta(seconds=30),
+            heartbeat_timeout=RUN_HEARTBEAT_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        watch = workflow.start_activity(
+            WATCH_ACTIVITY,
+            handle,
+            result_type=ContainerExit,
+            start_to_close_timeout=self._input.config.timeout + CONTAINER_START_TIMEOUT + grace * 2,
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_FOREVER,
+        )
+        try:
+            try:
+                await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                self._cancel_requested = True
+                self._set_status("CANCELLING")
+                run.cancel()
+                # Faster than the run activity's next heartbeat: an activity on the container's own
+                # queue raises the error in the user code at once.
+                workflow.start_activity(
+                    INTERRUPT_ACTIVITY,
+                    InterruptInput(reason="cancelled"),
+                    task_queue=queue,
+                    schedule_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                )
+                await _settle([run, watch], grace + timedelta(seconds=5))
+                if not run.done():
+                    raise _AttemptEnd("CANCELLED") from None  # grace period over: deprovision kills it
+            if not run.done():
+                # The container ended; its own report of the run may still be on its way.
+                await _settle([run], EXIT_RESOLUTION_WAIT)
+            if not run.done():
+                run.cancel()
+                exit_info = watch.result()
+                raise _AttemptEnd(
+                    "FAILED", ErrorInfo("ContainerExitedError", f"The container stopped: {exit_info.reason}")
+                )
+            try:
+                output = run.result()
+            except (ActivityError, asyncio.CancelledError) as err:
+                raise self._classify(err) from None
+            if self._cancel_requested:
+                raise _AttemptEnd("CANCELLED")
+            return output
+        finally:
+            if not watch.done():
+                watch.cancel()
+
+    def _classify(self, err: BaseException) -> _AttemptEnd:
+        cause = err.cause if isinstance(err, ActivityError) else err
+        if self._cancel_requested:
+            return _AttemptEnd("CANCELLED")
+        if isinstance(cause, ApplicationError):
+            if cause.type == "InvocationCancelledError":
+                return _AttemptEnd("CANCELLED")
+            if cause.type == "InvocationTimedOutError":
+                return _AttemptEnd("TIMED_OUT", _error_from(err, "InvocationTimedOutError"))
+            return _AttemptEnd("FAILED", _error_from(err, "Error"))
+        if isinstance(cause, (CancelledError, asyncio.CancelledError)):
+            return _AttemptEnd("CANCELLED")
+        if isinstance(cause, TimeoutError):
+            if cause.type == TimeoutType.START_TO_CLOSE:
+                return _AttemptEnd(
+                    "TIMED_OUT",
+                    ErrorInfo("InvocationTimedOutError", "The execution ran past its timeout and grace period."),
+                )
+            if cause.type == TimeoutType.SCHEDULE_TO_START:
+                message = f"The container did not start within {CONTAINER_START_TIMEOUT}."
+            else:
+                message = f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."
+            return _AttemptEnd("FAILED", ErrorInfo("ContainerLostError", message))
+        return _AttemptEnd("FAILED", _error_from(err, "Error"))
+
+    async def _uncancellable(self, awaitable: Awaitable[_T]) -> _T:
+        """Await to the end even if the workflow is cancelled meanwhile; remember the request."""
+        task: asyncio.Future[_T] = asyncio.ensure_future(awaitable)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                self._cancel_requested = True
+                self._set_status("CANCELLING")
+
+    def _set_status(self, status: str) -> None:
+        if self._state.status != status:
+            self._state.status = status
+            workflow.upsert_search_attributes(TypedSearchAttributes([SearchAttributePair(_STATUS_KEY, status)]))
+
+
+async def _settle(futures: list[Any], timeout: timedelta) -> None:
+    try:
+        await workflow.wait_condition(lambda: any(f.done() for f in futures), timeout=timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _backoff(attempt: int) -> timedelta:
+    seconds = RETRY_BACKOFF_INITIAL.total_seconds() * (2 ** (attempt - 1))
+    return timedelta(seconds=min(seconds, RETRY_BACKOFF_MAX.total_seconds()))
+
+
+def _error_from(err: BaseException, default_type: str) -> ErrorInfo:
+    cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
+    if isinstance(cause, ApplicationError):
+        details = cause.details
+        traceback = details[0] if details and isinstance(details[0], str) else None
+        return ErrorInfo(type=cause.type or default_type, message=cause.message, traceback=traceback)
+    return ErrorInfo(type=default_type, message=str(cause))
