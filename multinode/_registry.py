@@ -80,16 +80,18 @@ async def list_projects(client: Client) -> list[str]:
 
 
 async def check_control_plane(client: Client, settings: MultinodeSettings) -> None:
-    """Fail fast, before slow work, when no control-plane worker ever polled the task queue."""
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=settings.task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
+    """Fail fast, before slow work, when no control-plane worker polls the task queue."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=settings.task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
     )
-    if not response.pollers:
-        raise ControlPlaneUnavailableError(settings.task_queue, 0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.worker_wait_seconds
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        if loop.time() > deadline:
+            raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds)
+        await asyncio.sleep(0.1)
 
 
 async def register_version(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -58,11 +59,15 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
     )
 
 
-async def run_worker(settings: MultinodeSettings, stop: asyncio.Event | None = None) -> None:
-    """Run a control-plane worker until ``stop`` is set (or forever)."""
+async def run_worker(
+    settings: MultinodeSettings, stop: asyncio.Event | None = None, started: threading.Event | None = None
+) -> None:
+    """Run a control-plane worker until ``stop`` is set (or forever); ``started`` is set once it polls."""
     client = await connect(settings)
     await ensure_search_attributes(client)
     provisioner = create_provisioner(settings.provisioner, settings.home)
     async with build_worker(client, settings, provisioner):
         logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
+        if started is not None:
+            started.set()
         await (stop or asyncio.Event()).wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import time
 from datetime import datetime
 from enum import Enum
@@ -28,6 +29,15 @@ console = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PROJECT", help="Project name.")]
+
+
+def _stop_on_sigterm() -> None:
+    """Long-running commands stop cleanly on SIGTERM too (background jobs of a script ignore SIGINT)."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _settings() -> MultinodeSettings:
@@ -81,6 +91,7 @@ def dev(
     from multinode._devserver import DevServer, port_open
     from multinode._worker import run_worker
 
+    _stop_on_sigterm()
     settings = _settings()
     server = None
     host, _, port_text = settings.temporal_address.rpartition(":")
@@ -111,6 +122,7 @@ def worker() -> None:
     """Run a control-plane worker against the configured Temporal (TEMPORAL_ADDRESS, ...)."""
     from multinode._worker import run_worker
 
+    _stop_on_sigterm()
     settings = _settings()
     console.print(
         f"Control-plane worker: {settings.temporal_address}, namespace {settings.temporal_namespace!r}, "
