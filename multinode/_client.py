@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -42,9 +43,15 @@ async def connect(settings: MultinodeSettings) -> Client:
             settings.temporal_address, settings.temporal_namespace, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
         ) from exc
     except (RuntimeError, OSError, RPCError) as exc:
-        raise TemporalUnreachableError(
-            settings.temporal_address, settings.temporal_namespace, str(exc).splitlines()[0][:200]
-        ) from exc
+        raise TemporalUnreachableError(settings.temporal_address, settings.temporal_namespace, _short(exc)) from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    for marker, summary in (("ConnectionRefused", "connection refused"), ("dns error", "unknown host")):
+        if marker in text:
+            return summary
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -70,7 +77,19 @@ class _Portal:
                 thread = threading.Thread(target=loop.run_forever, name="multinode-portal", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
+                atexit.register(self.close)
             return self._loop
+
+    def close(self) -> None:
+        """Stop the loop before the interpreter tears down (Temporal's native client would crash)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        _clients.pop(loop, None)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
 
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         loop = self._ensure()

@@ -19,6 +19,7 @@ from temporalio.service import RPCError
 
 from multinode import _invocations, _serialization
 from multinode._client import get_client, run_sync
+from multinode._listing import newest_first
 from multinode._protocol import (
     ENV_INVOCATION_ID,
     INVOCATION_WORKFLOW,
@@ -151,12 +152,11 @@ class DeployedFunction:
             f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{self.project_name}' "
             f"AND {SA_FUNCTION} = '{self.function_name}'"
         )
-        token = bytes.fromhex(offset) if offset else None
-        iterator = client.list_workflows(query, page_size=LIST_PAGE_SIZE, next_page_token=token)
-        await iterator.fetch_next_page(page_size=LIST_PAGE_SIZE)
-        ids = [execution.id for execution in iterator.current_page or []]
-        next_token = iterator.next_page_token
-        return InvocationIdsList(invocation_ids=ids, offset=next_token.hex() if next_token else None)
+        try:
+            ids, next_offset = await newest_first(client, query, LIST_PAGE_SIZE, offset)
+        except ValueError as exc:
+            raise ValidationError(f"offset={offset!r} is not an offset returned by .list().") from exc
+        return InvocationIdsList(invocation_ids=ids, offset=next_offset)
 
     def list(self, offset: str | None = None) -> InvocationIdsList:
         return run_sync(self.list_async(offset))

@@ -35,12 +35,12 @@ def encode(value: Any, *, what: str) -> str:
             f"{what} take {len(text):,} characters when pickled, over the limit of {MAX_PAYLOAD_CHARS:,}. "
             "Store large data elsewhere (e.g. S3) and pass its location instead."
         )
-    if text == "null" and value is not None:
+    lost = _first_lost(value, _check_round_trip(text, what))
+    if lost is not None:
         raise PayloadError(
-            f"{what} cannot be pickled with jsonpickle: a {type(value).__name__} becomes null. Pass plain "
+            f"{what} cannot be pickled with jsonpickle: a {type(lost).__name__} becomes None. Pass plain "
             "data (numbers, strings, lists, dicts) or instances of classes defined at module level."
         )
-    _check_round_trip(text, what)
     return text
 
 
@@ -49,11 +49,31 @@ def decode(text: str) -> Any:
     return jsonpickle.decode(text, keys=True, classes=_fallback_classes(text), on_missing="error")
 
 
-def _check_round_trip(text: str, what: str) -> None:
-    # jsonpickle turns what it cannot pickle (locks, open files, generators) into nulls or bare
-    # references without raising; a decode here catches that at `.start` instead of in the container.
+def _first_lost(original: Any, decoded: Any, depth: int = 0) -> Any:
+    """A value that jsonpickle silently turned into None (it does so for lambdas, open files...)."""
+    if depth > 20:
+        return None
+    if decoded is None:
+        return original
+    if isinstance(original, (list, tuple)) and isinstance(decoded, (list, tuple)):
+        pairs = list(zip(original, decoded))
+    elif isinstance(original, dict) and isinstance(decoded, dict):
+        pairs = [(v, decoded.get(k)) for k, v in original.items()]
+    elif hasattr(original, "__dict__") and hasattr(decoded, "__dict__") and not isinstance(original, type):
+        pairs = [(v, vars(decoded).get(k)) for k, v in vars(original).items()]
+    else:
+        return None
+    for left, right in pairs:
+        if left is not None and (lost := _first_lost(left, right, depth + 1)) is not None:
+            return lost
+    return None
+
+
+def _check_round_trip(text: str, what: str) -> Any:
+    # jsonpickle turns what it cannot pickle into nulls or bare references without raising; decoding
+    # here catches that at `.start` instead of in the container.
     try:
-        decode(text)
+        return decode(text)
     except Exception as exc:
         raise PayloadError(
             f"{what} cannot be pickled faithfully with jsonpickle ({type(exc).__name__}: {exc}). Pass plain "

@@ -27,7 +27,7 @@ STOP_WAIT_SECONDS = 10.0
 
 class LocalProvisioner(Provisioner):
     name = "local"
-    status_poll_interval = 0.25
+    status_poll_interval = 0.1
 
     def __init__(self, home: Path) -> None:
         self._home = home

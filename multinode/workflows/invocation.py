@@ -46,6 +46,8 @@ RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 """A container that sends no heartbeat for this long is considered lost."""
 EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
 """After a container exits, how long to wait for its run activity's own completion to arrive."""
+WATCH_END_WAIT = timedelta(seconds=10)
+"""After deprovisioning, how long to wait for the watch activity to see the container gone."""
 RETRY_BACKOFF_INITIAL = timedelta(seconds=1)
 """Wait before the second attempt; doubles for each further attempt."""
 RETRY_BACKOFF_MAX = timedelta(minutes=1)
@@ -72,6 +74,7 @@ class InvocationWorkflow:
         info = workflow.info()
         self._input = input
         self._cancel_requested = False
+        self._watch: workflow.ActivityHandle[ContainerExit] | None = None
         self._state = InvocationState(
             invocation_id=info.workflow_id,
             project_name=input.project_name,
@@ -157,6 +160,7 @@ class InvocationWorkflow:
                     )
                 )
             execution.terminated = True
+            await self._end_watch()
         return execution
 
     async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
@@ -189,42 +193,46 @@ class InvocationWorkflow:
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_FOREVER,
         )
+        self._watch = watch
         try:
-            try:
-                await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                self._cancel_requested = True
-                self._set_status("CANCELLING")
-                run.cancel()
-                # Faster than the run activity's next heartbeat: an activity on the container's own
-                # queue raises the error in the user code at once.
-                workflow.start_activity(
-                    INTERRUPT_ACTIVITY,
-                    InterruptInput(reason="cancelled"),
-                    task_queue=queue,
-                    schedule_to_close_timeout=timedelta(seconds=10),
-                    retry_policy=RetryPolicy(maximum_attempts=1),
-                )
-                await _settle([run, watch], grace + timedelta(seconds=5))
-                if not run.done():
-                    raise _AttemptEnd("CANCELLED") from None  # grace period over: deprovision kills it
+            await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._cancel_requested = True
+            self._set_status("CANCELLING")
+            run.cancel()
+            # Faster than the run activity's next heartbeat: an activity on the container's own
+            # queue raises the error in the user code at once.
+            workflow.start_activity(
+                INTERRUPT_ACTIVITY,
+                InterruptInput(reason="cancelled"),
+                task_queue=queue,
+                schedule_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+            await _settle([run, watch], grace + timedelta(seconds=5))
             if not run.done():
-                # The container ended; its own report of the run may still be on its way.
-                await _settle([run], EXIT_RESOLUTION_WAIT)
-            if not run.done():
-                run.cancel()
-                exit_info = watch.result()
-                raise _AttemptEnd(
-                    "FAILED", ErrorInfo("ContainerExitedError", f"The container stopped: {exit_info.reason}")
-                )
-            try:
-                output = run.result()
-            except (ActivityError, asyncio.CancelledError) as err:
-                raise self._classify(err) from None
-            if self._cancel_requested:
-                raise _AttemptEnd("CANCELLED")
-            return output
-        finally:
+                raise _AttemptEnd("CANCELLED") from None  # grace period over: deprovision kills it
+        if not run.done():
+            # The container ended; its own report of the run may still be on its way.
+            await _settle([run], EXIT_RESOLUTION_WAIT)
+        if not run.done():
+            run.cancel()
+            exit_info = watch.result()
+            raise _AttemptEnd("FAILED", ErrorInfo("ContainerExitedError", f"The container stopped: {exit_info.reason}"))
+        try:
+            output = run.result()
+        except (ActivityError, asyncio.CancelledError) as err:
+            raise self._classify(err) from None
+        if self._cancel_requested:
+            raise _AttemptEnd("CANCELLED")
+        return output
+
+    async def _end_watch(self) -> None:
+        """The container is gone, so the watch ends by itself within a poll; cancelling it instead
+        would leave it to report to a closed workflow."""
+        watch, self._watch = self._watch, None
+        if watch is not None and not watch.done():
+            await _settle([watch], WATCH_END_WAIT)
             if not watch.done():
                 watch.cancel()
 
