@@ -95,7 +95,9 @@ class _Portal:
         loop = self._ensure()
         if threading.current_thread() is self._thread:
             coro.close()
-            raise MultinodeError("A sync Multinode method was called from an async one of its own; use the *_async twin.")
+            raise MultinodeError(
+                "A sync Multinode method was called from an async one of its own; use the *_async twin."
+            )
         future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result()

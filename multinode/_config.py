@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-
-from dataclasses import dataclass
 
 from multinode.errors import ConfigurationError
 
@@ -69,7 +68,7 @@ def parse_memory_mib(value: object) -> int:
     """Parse ``"256 MiB"``-style sizes into whole MiB (rounded up), validating the limit."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise ConfigurationError(
-            f"memory must be a string with a unit such as \"512 MiB\" or \"4 GiB\", got {value!r}.",
+            f'memory must be a string with a unit such as "512 MiB" or "4 GiB", got {value!r}.',
             parameter="memory",
         )
     match = _MEMORY_RE.match(value)
@@ -77,7 +76,7 @@ def parse_memory_mib(value: object) -> int:
     if match is None or unit not in _UNITS_MIB:
         raise ConfigurationError(
             f"memory={value!r} is not a size Multinode understands: write a number and a unit "
-            f"(B, KiB, MiB, GiB, KB, MB, GB), e.g. \"512 MiB\".",
+            f'(B, KiB, MiB, GiB, KB, MB, GB), e.g. "512 MiB".',
             parameter="memory",
         )
     mib_float = float(match.group(1)) * _UNITS_MIB[unit]
@@ -85,7 +84,7 @@ def parse_memory_mib(value: object) -> int:
     if mib_float <= 0:
         raise ConfigurationError(f"memory={value!r} must be more than 0.", parameter="memory")
     if mib > MAX_MEMORY_MIB:
-        raise ConfigurationError(f"memory={value!r} is over the limit of \"64 GiB\".", parameter="memory")
+        raise ConfigurationError(f'memory={value!r} is over the limit of "64 GiB".', parameter="memory")
     return mib
 
 

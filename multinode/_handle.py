@@ -6,6 +6,7 @@ Every method has an ``*_async`` twin; the sync methods run the async ones on a p
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import json
 import os
@@ -217,31 +218,27 @@ class DeployedFunction:
     def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
         return self.starmap((item,) for item in iterable)
 
-    async def _start_many(self, arg_tuples: list[tuple[Any, ...]]) -> list[str]:
+    async def _start_many(self, arg_tuples: builtins.list[tuple[Any, ...]]) -> builtins.list[str]:
         gate = asyncio.Semaphore(MAP_START_CONCURRENCY)
 
         async def start_one(args: tuple[Any, ...]) -> str:
             async with gate:
                 return await self.start_async(*args)
 
-        return list(await asyncio.gather(*(start_one(args) for args in arg_tuples)))
+        return builtins.list(await asyncio.gather(*(start_one(args) for args in arg_tuples)))
 
 
 def _check_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     signature = inspect.Signature(
         [
-            inspect.Parameter(
-                p.name, _KIND[p.kind], default=None if p.has_default else inspect.Parameter.empty
-            )
+            inspect.Parameter(p.name, _KIND[p.kind], default=None if p.has_default else inspect.Parameter.empty)
             for p in record.parameters
         ]
     )
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise ValidationError(
-            f"The arguments do not match {record.name}{_render(signature)}: {exc}."
-        ) from exc
+        raise ValidationError(f"The arguments do not match {record.name}{_render(signature)}: {exc}.") from exc
 
 
 def _render(signature: inspect.Signature) -> str:

@@ -59,6 +59,7 @@ def _state_from_description(invocation_id: str, description: WorkflowExecutionDe
         name = description.status.name if description.status else "UNKNOWN"
         error = ErrorInfo("WorkflowClosedError", f"The invocation's workflow ended as {name} outside Multinode.")
     attrs = description.search_attributes
+    parent = (attrs.get("MultinodeParentInvocation") or [None])[0]
     return InvocationState(
         invocation_id=invocation_id,
         project_name=str((attrs.get("MultinodeProject") or [""])[0]),
@@ -66,7 +67,7 @@ def _state_from_description(invocation_id: str, description: WorkflowExecutionDe
         function_name=str((attrs.get("MultinodeFunction") or [""])[0]),
         status=status,
         created_at=description.start_time,
-        parent_invocation_id=(attrs.get("MultinodeParentInvocation") or [None])[0] or None,
+        parent_invocation_id=str(parent) if parent else None,
         finished_at=description.close_time,
         error=error,
         terminated=description.status != WorkflowExecutionStatus.RUNNING,
@@ -126,11 +127,11 @@ def outcome(state: InvocationState) -> Any:
     if status == "SUCCEEDED":
         return _decode_result(state.result)
     if status == "CANCELLED":
-        raise InvocationCancelledError(f"Invocation {state.invocation_id} was cancelled.", invocation_id=state.invocation_id)
-    if status == "TIMED_OUT":
-        raise InvocationTimedOutError(
-            f"Invocation {state.invocation_id} timed out.", invocation_id=state.invocation_id
+        raise InvocationCancelledError(
+            f"Invocation {state.invocation_id} was cancelled.", invocation_id=state.invocation_id
         )
+    if status == "TIMED_OUT":
+        raise InvocationTimedOutError(f"Invocation {state.invocation_id} timed out.", invocation_id=state.invocation_id)
     error = state.error or ErrorInfo("Error", "unknown error")
     raise InvocationFailedError(
         f"Invocation {state.invocation_id} of {state.function_name} failed: {error.type}: {error.message}"

@@ -26,7 +26,9 @@ def check_tasks_folder(path: Path) -> Path:
     if not folder.exists():
         raise InvalidTasksFolderError(f"Tasks folder {path} does not exist.", path=str(path))
     if not folder.is_dir():
-        raise InvalidTasksFolderError(f"{path} is not a folder; pass the tasks folder that holds main.py.", path=str(path))
+        raise InvalidTasksFolderError(
+            f"{path} is not a folder; pass the tasks folder that holds main.py.", path=str(path)
+        )
     if not (folder / "main.py").is_file():
         hint = " (it has a tasks/ folder: pass that)" if (folder / "tasks" / "main.py").is_file() else ""
         raise InvalidTasksFolderError(

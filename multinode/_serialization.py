@@ -56,7 +56,7 @@ def _first_lost(original: Any, decoded: Any, depth: int = 0) -> Any:
     if decoded is None:
         return original
     if isinstance(original, (list, tuple)) and isinstance(decoded, (list, tuple)):
-        pairs = list(zip(original, decoded))
+        pairs = list(zip(original, decoded, strict=False))
     elif isinstance(original, dict) and isinstance(decoded, dict):
         pairs = [(v, decoded.get(k)) for k, v in original.items()]
     elif hasattr(original, "__dict__") and hasattr(decoded, "__dict__") and not isinstance(original, type):

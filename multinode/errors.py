@@ -78,8 +78,7 @@ class ProjectNotFoundError(NotFoundError):
 class VersionNotFoundError(NotFoundError):
     def __init__(self, project_name: str, version_id: str) -> None:
         super().__init__(
-            f"Project {project_name!r} has no version {version_id!r}. "
-            f"`mn describe {project_name}` lists its versions."
+            f"Project {project_name!r} has no version {version_id!r}. `mn describe {project_name}` lists its versions."
         )
         self.project_name = project_name
         self.version_id = version_id
@@ -89,8 +88,7 @@ class FunctionNotFoundError(NotFoundError):
     def __init__(self, project_name: str, version_id: str, function_name: str, known: list[str]) -> None:
         listing = ", ".join(sorted(known)) or "none"
         super().__init__(
-            f"Version {version_id!r} of project {project_name!r} has no function {function_name!r} "
-            f"(it has: {listing})."
+            f"Version {version_id!r} of project {project_name!r} has no function {function_name!r} (it has: {listing})."
         )
         self.project_name = project_name
         self.version_id = version_id

@@ -44,7 +44,9 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(dev_server: DevServer, shared_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MultinodeSettings:
+def settings(
+    dev_server: DevServer, shared_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> MultinodeSettings:
     home = tmp_path / "home"
     home.mkdir()
     for shared in ("code", "envs"):

@@ -150,7 +150,7 @@ def test_decorator_validation_at_decoration_time() -> None:
         ({"cpu": 17}, "cpu=17 is out of range"),
         ({"cpu": 0}, "cpu=0 is out of range"),
         ({"cpu": "2"}, "cpu must be a number"),
-        ({"memory": "65 GiB"}, "over the limit of \"64 GiB\""),
+        ({"memory": "65 GiB"}, 'over the limit of "64 GiB"'),
         ({"memory": "lots"}, "not a size"),
         ({"memory": 512}, "memory must be a string"),
         ({"timeout": timedelta(hours=25)}, "at most 24 hours"),

@@ -161,7 +161,9 @@ def test_requirements_and_env_example(register, project_name: str, settings: Mul
     async def histories_mention_secret() -> bool:
         client = await Client.connect(settings.temporal_address)
         found = False
-        async for execution in client.list_workflows(f"MultinodeProject = '{project_name}' OR WorkflowId = 'multinode-project:{project_name}'"):
+        async for execution in client.list_workflows(
+            f"MultinodeProject = '{project_name}' OR WorkflowId = 'multinode-project:{project_name}'"
+        ):
             history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
             found = found or secret in history.to_json()
             description = await client.get_workflow_handle(execution.id).describe()

@@ -188,8 +188,19 @@ def test_async_twins(register, project_name: str) -> None:
     asyncio.run(main())
 
 
+NOOP = """
+from multinode import Multinode
+
+mn = Multinode()
+
+@mn.function()
+def noop():
+    return None
+"""
+
+
 def test_start_is_fast_and_result_arrives(register, project_name: str) -> None:
-    register({"main.py": "from multinode import Multinode\nmn = Multinode()\n\n@mn.function()\ndef noop():\n    return None\n"})
+    register({"main.py": NOOP})
     fn = get_deployed_function(project_name, "noop")
     began = time.monotonic()
     invocation_id = fn.start()

@@ -1,8 +1,9 @@
 # The guide's sum-of-squares examples (function-definitions.md).
 import time
 
-from multinode import Multinode
 from submodule.file_1 import square
+
+from multinode import Multinode
 
 mn = Multinode()
 

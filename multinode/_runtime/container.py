@@ -101,9 +101,7 @@ class Runner:
             if reason == "cancelled":
                 self._pending = InvocationCancelledError()
             else:
-                self._pending = InvocationTimedOutError(
-                    f"The invocation timed out after {self._timeout_seconds:g} s."
-                )
+                self._pending = InvocationTimedOutError(f"The invocation timed out after {self._timeout_seconds:g} s.")
             if self._in_user_code:
                 signal.pthread_kill(threading.main_thread().ident or 0, INTERRUPT_SIGNAL)
 
@@ -179,10 +177,14 @@ class Runner:
                 non_retryable=True,
             )
         if self.interrupted == "cancelled":
-            return ApplicationError("The invocation was cancelled.", type="InvocationCancelledError", non_retryable=True)
+            return ApplicationError(
+                "The invocation was cancelled.", type="InvocationCancelledError", non_retryable=True
+            )
         assert exc is not None
         cls = type(exc)
-        name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+        name = (
+            cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+        )
         if isinstance(exc, PayloadError):
             name = "PayloadError"
         tb = "".join(traceback.format_exception(exc))

@@ -6,6 +6,8 @@ The provisioner is synchronous (boto3 is); its calls run in threads so the worke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -102,5 +104,5 @@ class ProvisioningActivities:
     async def deprovision(self, handle: ContainerHandle) -> None:
         await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.provision, self.watch, self.deprovision]

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -176,7 +176,7 @@ def projects(as_json: JsonOpt = False) -> None:
 @app.command()
 def describe(
     project: Annotated[str, typer.Argument(help="Project name.")],
-    function: Annotated[Optional[str], typer.Argument(help="A function of the project.")] = None,  # noqa: UP007
+    function: Annotated[str | None, typer.Argument(help="A function of the project.")] = None,  # noqa: UP007
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a project (its versions and functions) or one of its functions."""
@@ -244,7 +244,7 @@ def _parse_arg(text: str) -> Any:
 @app.command()
 def invoke(
     function: Annotated[str, typer.Argument(help="Function name.")],
-    args: Annotated[Optional[list[str]], typer.Argument(help="Arguments, each read as JSON if it parses.")] = None,  # noqa: UP007
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments, each read as JSON if it parses.")] = None,  # noqa: UP007
     project: ProjectOpt = ...,  # type: ignore[assignment]
     wait: Annotated[bool, typer.Option("--wait", "--follow", "-f", help="Wait and show progress.")] = False,
     as_json: JsonOpt = False,
@@ -281,8 +281,9 @@ def _show_invocation(inv: Any, as_json: bool) -> None:
         return
     console.print(f"[bold]{inv.invocation_id}[/]  {inv.project_name}.{inv.function_name} ({inv.version_id})")
     console.print(f"status      {inv.status.value}   terminated {inv.terminated}")
-    console.print(f"created     {_when(inv.created_at)}   started {_when(inv.started_at)}   "
-                  f"finished {_when(inv.finished_at)}")
+    console.print(
+        f"created     {_when(inv.created_at)}   started {_when(inv.started_at)}   finished {_when(inv.finished_at)}"
+    )
     if inv.parent_invocation_id:
         console.print(f"parent      {inv.parent_invocation_id}")
     console.print(f"result      {inv.result!r}")
@@ -294,8 +295,14 @@ def _show_invocation(inv: Any, as_json: bool) -> None:
     for column in ("attempt", "execution", "status", "started", "duration", "error"):
         table.add_column(column)
     for e in inv.executions:
-        table.add_row(str(e.attempt), e.execution_id, e.status.value, _when(e.started_at),
-                      _duration(e.started_at, e.finished_at), str(e.error or ""))
+        table.add_row(
+            str(e.attempt),
+            e.execution_id,
+            e.status.value,
+            _when(e.started_at),
+            _duration(e.started_at, e.finished_at),
+            str(e.error or ""),
+        )
     console.print(table)
 
 
@@ -323,8 +330,8 @@ def cancel(invocation_id: Annotated[str, typer.Argument(help="Invocation id.")])
 def list_(
     function: Annotated[str, typer.Argument(help="Function name.")],
     project: ProjectOpt,
-    status: Annotated[Optional[str], typer.Option(help="Only this status, e.g. RUNNING.")] = None,  # noqa: UP007
-    offset: Annotated[Optional[str], typer.Option(help="Offset printed by the previous page.")] = None,  # noqa: UP007
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. RUNNING.")] = None,  # noqa: UP007
+    offset: Annotated[str | None, typer.Option(help="Offset printed by the previous page.")] = None,  # noqa: UP007
     as_json: JsonOpt = False,
 ) -> None:
     """List a function's invocations, newest first (50 per page)."""
@@ -338,8 +345,13 @@ def list_(
     for column in ("invocation", "status", "created", "duration", "progress / result"):
         table.add_column(column)
     for inv in invocations:
-        table.add_row(inv.invocation_id, inv.status.value, _when(inv.created_at),
-                      _duration(inv.started_at, inv.finished_at), "" if inv.result is None else repr(inv.result)[:60])
+        table.add_row(
+            inv.invocation_id,
+            inv.status.value,
+            _when(inv.created_at),
+            _duration(inv.started_at, inv.finished_at),
+            "" if inv.result is None else repr(inv.result)[:60],
+        )
     console.print(table)
     if page.offset:
         console.print(f"More: --offset {page.offset}")
@@ -348,7 +360,7 @@ def list_(
 @app.command()
 def logs(
     invocation_id: Annotated[str, typer.Argument(help="Invocation id.")],
-    execution: Annotated[Optional[str], typer.Option(help="One execution id (default: the latest).")] = None,  # noqa: UP007
+    execution: Annotated[str | None, typer.Option(help="One execution id (default: the latest).")] = None,  # noqa: UP007
 ) -> None:
     """Print what an invocation's code printed (stdout and stderr)."""
     from multinode._admin import read_logs

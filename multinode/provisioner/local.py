@@ -57,8 +57,16 @@ class LocalProvisioner(Provisioner):
         env["MULTINODE_LOG_FILE"] = str(state_dir / "output.log")
         with open(state_dir / "output.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-I", str(_SHIM), str(state_dir), str(spec.memory_mib), str(python), "-m",
-                 "multinode._runtime.container"],
+                [
+                    sys.executable,
+                    "-I",
+                    str(_SHIM),
+                    str(state_dir),
+                    str(spec.memory_mib),
+                    str(python),
+                    "-m",
+                    "multinode._runtime.container",
+                ],
                 cwd=code_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -140,9 +140,7 @@ class LocalVersionStore:
             if requirements is not None:
                 install += ["-r", str(requirements)]
             _run(install, env, "Installing requirements.txt")
-            purelib = Path(
-                sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)})
-            )
+            purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
             (purelib / "_multinode_runtime.pth").write_text(str(self.link_runtime()) + "\n")
             ready.touch()
 

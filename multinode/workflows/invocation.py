@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
@@ -144,6 +144,7 @@ class InvocationWorkflow:
             )
             if self._cancel_requested:
                 raise _AttemptEnd("CANCELLED")
+            assert handle is not None
             output = await self._run_in_container(execution, handle)
             self._state.result = output.result
             execution.status = "SUCCEEDED"
@@ -276,7 +277,7 @@ class InvocationWorkflow:
     def _set_status(self, status: str) -> None:
         if self._state.status != status:
             self._state.status = status
-            workflow.upsert_search_attributes(TypedSearchAttributes([SearchAttributePair(_STATUS_KEY, status)]))
+            workflow.upsert_search_attributes([_STATUS_KEY.value_set(status)])
 
 
 async def _settle(futures: list[Any], timeout: timedelta) -> None:

@@ -36,9 +36,11 @@ class ProjectWorkflow:
     @workflow.run
     async def run(self, state: ProjectState) -> ProjectState:
         await workflow.wait_condition(
-            lambda: self._state.deleted
-            or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW
-            or workflow.info().is_continue_as_new_suggested()
+            lambda: (
+                self._state.deleted
+                or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW
+                or workflow.info().is_continue_as_new_suggested()
+            )
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._state.deleted:
