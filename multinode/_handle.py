@@ -19,9 +19,10 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.service import RPCError
 
 from multinode import _invocations, _serialization
-from multinode._client import get_client, run_sync
+from multinode._client import get_client, is_not_found, run_sync
 from multinode._listing import newest_first
 from multinode._protocol import (
+    CHILD_STARTED_SIGNAL,
     ENV_INVOCATION_ID,
     INVOCATION_WORKFLOW,
     SA_FUNCTION,
@@ -131,6 +132,13 @@ class DeployedFunction:
                     "against it (it registers them) or create them with `temporal operator search-attribute create`."
                 ) from exc
             raise
+        if parent:
+            # The parent cancels its unfinished children when it is cancelled or times out.
+            try:
+                await client.get_workflow_handle(parent).signal(CHILD_STARTED_SIGNAL, invocation_id)
+            except RPCError as exc:
+                if not is_not_found(exc):
+                    raise
         return invocation_id
 
     def start(self, *args: Any, **kwargs: Any) -> str:

@@ -23,8 +23,10 @@ INTERRUPT_ACTIVITY = "multinode.interrupt"
 PROVISION_ACTIVITY = "multinode.provision_container"
 WATCH_ACTIVITY = "multinode.watch_container"
 DEPROVISION_ACTIVITY = "multinode.deprovision_container"
+CANCEL_INVOCATIONS_ACTIVITY = "multinode.cancel_invocations"
 
 DESCRIBE_QUERY = "describe"
+CHILD_STARTED_SIGNAL = "child_started"
 PROGRESS_QUERY = "progress"
 REGISTER_UPDATE = "register_version"
 DELETE_UPDATE = "delete_project"
@@ -77,7 +79,8 @@ class FunctionRecord:
 @dataclass
 class VersionRecord:
     version_id: str
-    created_at: datetime
+    created_at: str
+    """ISO 8601 (UTC); a string for the same reason as ``SlotRequest.created_at``."""
     code_digest: str
     provisioner: str
     artifact: dict[str, str]
@@ -207,3 +210,41 @@ class RunOutput:
 @dataclass
 class InterruptInput:
     reason: str  # "cancelled" or "timed_out"
+
+
+# --- concurrency quotas -----------------------------------------------------------------------
+
+QUOTA_WORKFLOW = "MultinodeQuota"
+"""One per (project, function): grants execution slots first come, first served."""
+QUOTA_WORKFLOW_ID_PREFIX = "multinode-quota:"
+REQUEST_SLOT_ACTIVITY = "multinode.request_slot"
+FIND_CLOSED_ACTIVITY = "multinode.find_closed_invocations"
+ACQUIRE_SIGNAL = "acquire"
+RELEASE_SIGNAL = "release"
+SLOT_GRANTED_SIGNAL = "slot_granted"
+
+
+def quota_workflow_id(project_name: str, function_name: str) -> str:
+    return f"{QUOTA_WORKFLOW_ID_PREFIX}{project_name}:{function_name}"
+
+
+@dataclass
+class SlotRequest:
+    invocation_id: str
+    created_at: str
+    """ISO 8601 (UTC); ordering key. Strings, not datetimes: inside the workflow sandbox Temporal's
+    converter does not turn JSON back into ``datetime`` fields."""
+    max_concurrency: int
+
+
+@dataclass
+class QuotaState:
+    quota_id: str
+    holders: list[str] = field(default_factory=list)
+    waiting: list[SlotRequest] = field(default_factory=list)
+
+
+@dataclass
+class RequestSlotInput:
+    quota_id: str
+    request: SlotRequest

@@ -20,7 +20,7 @@ from multinode._protocol import SEARCH_ATTRIBUTES
 from multinode._settings import MultinodeSettings
 from multinode.activities import ProvisioningActivities
 from multinode.provisioner import Provisioner, create_provisioner
-from multinode.workflows import InvocationWorkflow, ProjectWorkflow
+from multinode.workflows import InvocationWorkflow, ProjectWorkflow, QuotaWorkflow
 
 logger = logging.getLogger("multinode.worker")
 
@@ -50,11 +50,11 @@ async def ensure_search_attributes(client: Client) -> None:
 
 
 def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provisioner) -> Worker:
-    activities = ProvisioningActivities(settings, {provisioner.name: provisioner})
+    activities = ProvisioningActivities(client, settings, {provisioner.name: provisioner})
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[InvocationWorkflow, ProjectWorkflow],
+        workflows=[InvocationWorkflow, ProjectWorkflow, QuotaWorkflow],
         activities=activities.all(),
     )
 

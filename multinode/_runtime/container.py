@@ -46,8 +46,10 @@ from multinode._sdk import Function
 from multinode._settings import MultinodeSettings
 from multinode.errors import InvocationCancelledError, InvocationTimedOutError, PayloadError
 
-HEARTBEAT_INTERVAL_SECONDS = 1.0
-"""How often the run activity heartbeats (the SDK sends at most one per 80% of the heartbeat timeout)."""
+HEARTBEAT_INTERVAL_SECONDS = 0.25
+"""How often the run activity records a heartbeat locally."""
+HEARTBEAT_SEND_INTERVAL = timedelta(milliseconds=500)
+"""How often the SDK sends the latest heartbeat (with the latest progress) to the server."""
 PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
 """Yields closer together than this are coalesced: only the latest is pickled."""
 IDLE_TIMEOUT_SECONDS = 600.0
@@ -246,6 +248,10 @@ async def _serve(activities: ContainerActivities, settings: MultinodeSettings, t
         max_concurrent_activities=4,
         # The run activity has returned when shutdown starts; leave time for its report to be sent.
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Heartbeats (which carry the latest progress, and bring back cancellation) are sent at most
+        # this often, instead of at 80% of the heartbeat timeout: fresh progress without a heartbeat
+        # timeout so short that a C call holding the GIL would count as a dead container.
+        max_heartbeat_throttle_interval=HEARTBEAT_SEND_INTERVAL,
     )
     async with worker:
         await asyncio.to_thread(activities.finished.wait)

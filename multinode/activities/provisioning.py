@@ -10,9 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.exceptions import ApplicationError
 
 from multinode._protocol import (
+    ACQUIRE_SIGNAL,
+    FIND_CLOSED_ACTIVITY,
+    QUOTA_WORKFLOW,
+    REQUEST_SLOT_ACTIVITY,
+    QuotaState,
+    RequestSlotInput,
+    CANCEL_INVOCATIONS_ACTIVITY,
     DEPROVISION_ACTIVITY,
     ENV_CONTAINER_TASK_QUEUE,
     ENV_EXECUTION_ID,
@@ -36,7 +45,8 @@ LOG_LINES_IN_EXIT_REASON = 8
 
 
 class ProvisioningActivities:
-    def __init__(self, settings: MultinodeSettings, provisioners: dict[str, Provisioner]) -> None:
+    def __init__(self, client: Client, settings: MultinodeSettings, provisioners: dict[str, Provisioner]) -> None:
+        self._client = client
         self._settings = settings
         self._provisioners = provisioners
 
@@ -100,9 +110,57 @@ class ProvisioningActivities:
             activity.heartbeat()
             await asyncio.sleep(provisioner.status_poll_interval)
 
+    @activity.defn(name=CANCEL_INVOCATIONS_ACTIVITY)
+    async def cancel_invocations(self, invocation_ids: list[str]) -> None:
+        """Request cancellation of nested invocations; those already finished are skipped."""
+
+        async def cancel(invocation_id: str) -> None:
+            try:
+                await self._client.get_workflow_handle(invocation_id).cancel()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+        await asyncio.gather(*(cancel(i) for i in invocation_ids))
+
+    @activity.defn(name=REQUEST_SLOT_ACTIVITY)
+    async def request_slot(self, request: RequestSlotInput) -> None:
+        """Ask the function's quota workflow for a slot, starting it if it is not running."""
+        await self._client.start_workflow(
+            QUOTA_WORKFLOW,
+            QuotaState(quota_id=request.quota_id),
+            id=request.quota_id,
+            task_queue=activity.info().task_queue,
+            start_signal=ACQUIRE_SIGNAL,
+            start_signal_args=[request.request],
+        )
+
+    @activity.defn(name=FIND_CLOSED_ACTIVITY)
+    async def find_closed_invocations(self, invocation_ids: list[str]) -> list[str]:
+        """The invocations among these whose workflow is no longer running."""
+
+        async def closed(invocation_id: str) -> bool:
+            try:
+                description = await self._client.get_workflow_handle(invocation_id).describe()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    return True
+                raise
+            return description.status != WorkflowExecutionStatus.RUNNING
+
+        flags = await asyncio.gather(*(closed(i) for i in invocation_ids))
+        return [i for i, is_closed in zip(invocation_ids, flags, strict=True) if is_closed]
+
     @activity.defn(name=DEPROVISION_ACTIVITY)
     async def deprovision(self, handle: ContainerHandle) -> None:
         await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.provision, self.watch, self.deprovision]
+        return [
+            self.provision,
+            self.watch,
+            self.deprovision,
+            self.cancel_invocations,
+            self.request_slot,
+            self.find_closed_invocations,
+        ]

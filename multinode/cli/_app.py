@@ -213,7 +213,8 @@ def describe(
     for column in ("version", "created", "functions"):
         table.add_column(column)
     for record in reversed(state.versions):
-        table.add_row(record.version_id, _when(record.created_at), ", ".join(sorted(record.functions)))
+        created = _when(datetime.fromisoformat(record.created_at))
+        table.add_row(record.version_id, created, ", ".join(sorted(record.functions)))
     console.print(table)
 
 

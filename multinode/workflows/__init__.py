@@ -2,5 +2,6 @@
 
 from multinode.workflows.invocation import InvocationWorkflow
 from multinode.workflows.project import ProjectWorkflow
+from multinode.workflows.quota import QuotaWorkflow
 
-__all__ = ["InvocationWorkflow", "ProjectWorkflow"]
+__all__ = ["InvocationWorkflow", "ProjectWorkflow", "QuotaWorkflow"]

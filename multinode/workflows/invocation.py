@@ -19,6 +19,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
+        RELEASE_SIGNAL,
+        REQUEST_SLOT_ACTIVITY,
+        SLOT_GRANTED_SIGNAL,
+        RequestSlotInput,
+        SlotRequest,
+        quota_workflow_id,
+        CANCEL_INVOCATIONS_ACTIVITY,
+        CHILD_STARTED_SIGNAL,
         DEPROVISION_ACTIVITY,
         DESCRIBE_QUERY,
         INTERRUPT_ACTIVITY,
@@ -42,8 +50,9 @@ with workflow.unsafe.imports_passed_through():
 
 CONTAINER_START_TIMEOUT = timedelta(minutes=10)
 """How long a provisioned container may take to start polling for its execution."""
-RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-"""A container that sends no heartbeat for this long is considered lost."""
+RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+"""A container that sends no heartbeat for this long is considered lost. Long, because user code in a C
+call that holds the GIL stops heartbeats; a container that dies is noticed at once by the watch."""
 EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
 """After a container exits, how long to wait for its run activity's own completion to arrive."""
 WATCH_END_WAIT = timedelta(seconds=10)
@@ -75,6 +84,11 @@ class InvocationWorkflow:
         self._input = input
         self._cancel_requested = False
         self._watch: workflow.ActivityHandle[ContainerExit] | None = None
+        self._slot_granted = False
+        self._quota_id = quota_workflow_id(input.project_name, input.function_name)
+        self._children: list[str] = []
+        self._children_cancelled = 0
+        self._child_cancellations: list[workflow.ActivityHandle[None]] = []
         self._state = InvocationState(
             invocation_id=info.workflow_id,
             project_name=input.project_name,
@@ -89,11 +103,37 @@ class InvocationWorkflow:
     def describe(self) -> InvocationState:
         return self._state
 
+    @workflow.signal(name=SLOT_GRANTED_SIGNAL)
+    def slot_granted(self) -> None:
+        self._slot_granted = True
+
+    @workflow.signal(name=CHILD_STARTED_SIGNAL)
+    def child_started(self, child_invocation_id: str) -> None:
+        """Sent by the SDK when code of this invocation starts another (nested) invocation."""
+        self._children.append(child_invocation_id)
+        if self._cancel_requested:
+            self._start_cancelling_children()
+
+    def _start_cancelling_children(self) -> None:
+        """Cancel every child started so far (each cancels its own children in turn)."""
+        pending = self._children[self._children_cancelled :]
+        self._children_cancelled = len(self._children)
+        if pending:
+            self._child_cancellations.append(
+                workflow.start_activity(
+                    CANCEL_INVOCATIONS_ACTIVITY,
+                    pending,
+                    start_to_close_timeout=timedelta(minutes=1),
+                    retry_policy=_FOREVER,
+                )
+            )
+
     @workflow.run
     async def run(self, input: InvocationInput) -> InvocationState:
         max_attempts = input.config.max_retries + 1
         status, error = "CANCELLED", None
         try:
+            await self._acquire_slot()
             for attempt in range(1, max_attempts + 1):
                 execution = await self._run_attempt(attempt)
                 status, error = execution.status, execution.error
@@ -105,11 +145,45 @@ class InvocationWorkflow:
                     await workflow.sleep(_backoff(attempt))
         except asyncio.CancelledError:
             status, error = "CANCELLED", None  # cancelled while no container existed
+        if status in ("CANCELLED", "TIMED_OUT"):
+            self._cancel_requested = True
+            self._start_cancelling_children()
+        await self._release_slot()
+        if self._child_cancellations:
+            await asyncio.gather(*self._child_cancellations)
         self._state.error = error
         self._state.terminated = all(e.terminated for e in self._state.executions)
         self._state.finished_at = workflow.now()
         self._set_status(status)
         return self._state
+
+    # --- concurrency slot ---------------------------------------------------------------------
+
+    async def _acquire_slot(self) -> None:
+        """Wait (PENDING) for one of the function's ``max_concurrency`` slots; held across retries."""
+        await workflow.execute_activity(
+            REQUEST_SLOT_ACTIVITY,
+            RequestSlotInput(
+                quota_id=self._quota_id,
+                request=SlotRequest(
+                    invocation_id=self._state.invocation_id,
+                    created_at=self._state.created_at.isoformat(),
+                    max_concurrency=self._input.config.max_concurrency,
+                ),
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FOREVER,
+        )
+        await workflow.wait_condition(lambda: self._slot_granted)
+
+    async def _release_slot(self) -> None:
+        """Give the slot back, or withdraw from the queue; both are no-ops if neither holds."""
+        try:
+            await workflow.get_external_workflow_handle(self._quota_id).signal(
+                RELEASE_SIGNAL, self._state.invocation_id
+            )
+        except Exception:  # the quota workflow is gone, and with it any claim of ours
+            workflow.logger.info("quota %s not reachable for release", self._quota_id)
 
     # --- one attempt --------------------------------------------------------------------------
 
@@ -200,6 +274,7 @@ class InvocationWorkflow:
         except asyncio.CancelledError:
             self._cancel_requested = True
             self._set_status("CANCELLING")
+            self._start_cancelling_children()
             run.cancel()
             # Faster than the run activity's next heartbeat: an activity on the container's own
             # queue raises the error in the user code at once.
@@ -273,6 +348,7 @@ class InvocationWorkflow:
                     raise
                 self._cancel_requested = True
                 self._set_status("CANCELLING")
+                self._start_cancelling_children()
 
     def _set_status(self, status: str) -> None:
         if self._state.status != status:

@@ -55,7 +55,7 @@ class ProjectWorkflow:
     def register_version(self, registration: VersionRegistration) -> VersionRecord:
         record = VersionRecord(
             version_id=f"v{self._state.next_version_number}",
-            created_at=workflow.now(),
+            created_at=workflow.now().isoformat(),
             code_digest=registration.code_digest,
             provisioner=registration.provisioner,
             artifact=registration.artifact,

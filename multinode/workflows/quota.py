@@ -1,0 +1,106 @@
+"""A function's concurrency quota: one long-running workflow per (project, function).
+
+Temporal has no global cap on running workflows or activities of one kind (a worker's limits count
+one process; task-queue rate limits count starts per second), so a durable slot holder grants slots:
+invocations ask with the ``acquire`` signal (sent by an activity, with signal-with-start), are granted
+with ``slot_granted``, and give back with ``release``. Waiting invocations are served oldest first.
+Each request carries the invocation's own ``max_concurrency``, so a quota changed by a new version
+applies to invocations started after it. A holder that ends without releasing (terminated, or its
+workflow failed) is found by a periodic check while others wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from multinode._protocol import (
+        ACQUIRE_SIGNAL,
+        DESCRIBE_QUERY,
+        FIND_CLOSED_ACTIVITY,
+        QUOTA_WORKFLOW,
+        RELEASE_SIGNAL,
+        SLOT_GRANTED_SIGNAL,
+        QuotaState,
+        SlotRequest,
+    )
+
+RECONCILE_INTERVAL = timedelta(seconds=15)
+"""While invocations wait, how often holders are checked for having ended without releasing."""
+HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW = 5_000
+"""The quota restarts itself with its state once its history is this long."""
+IDLE_BEFORE_EXIT = timedelta(minutes=10)
+"""A quota with no holder and no waiter for this long completes (the next request starts it again)."""
+
+
+@workflow.defn(name=QUOTA_WORKFLOW)
+class QuotaWorkflow:
+    @workflow.init
+    def __init__(self, state: QuotaState) -> None:
+        self._state = state
+        self._changed = True
+
+    @workflow.query(name=DESCRIBE_QUERY)
+    def describe(self) -> QuotaState:
+        return self._state
+
+    @workflow.signal(name=ACQUIRE_SIGNAL)
+    def acquire(self, request: SlotRequest) -> None:
+        known = request.invocation_id in self._state.holders or any(
+            w.invocation_id == request.invocation_id for w in self._state.waiting
+        )
+        if not known:
+            self._state.waiting.append(request)
+            self._state.waiting.sort(key=lambda r: (r.created_at, r.invocation_id))
+            self._changed = True
+
+    @workflow.signal(name=RELEASE_SIGNAL)
+    def release(self, invocation_id: str) -> None:
+        if invocation_id in self._state.holders:
+            self._state.holders.remove(invocation_id)
+        self._state.waiting = [w for w in self._state.waiting if w.invocation_id != invocation_id]
+        self._changed = True
+
+    @workflow.run
+    async def run(self, state: QuotaState) -> None:
+        while True:
+            await self._grant()
+            self._changed = False
+            idle = not self._state.holders and not self._state.waiting
+            timeout = IDLE_BEFORE_EXIT if idle else RECONCILE_INTERVAL if self._state.waiting else None
+            try:
+                await workflow.wait_condition(lambda: self._changed, timeout=timeout)
+            except asyncio.TimeoutError:
+                if idle:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    if not self._state.holders and not self._state.waiting:
+                        return
+                else:
+                    await self._forget_closed_holders()
+            if workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._state)
+
+    async def _grant(self) -> None:
+        while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
+            request = self._state.waiting.pop(0)
+            self._state.holders.append(request.invocation_id)
+            try:
+                await workflow.get_external_workflow_handle(request.invocation_id).signal(SLOT_GRANTED_SIGNAL)
+            except Exception:  # the invocation ended meanwhile: its slot is free again
+                self.release(request.invocation_id)
+
+    async def _forget_closed_holders(self) -> None:
+        closed = await workflow.execute_activity(
+            FIND_CLOSED_ACTIVITY,
+            list(self._state.holders),
+            result_type=list[str],
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        for invocation_id in closed:
+            self.release(invocation_id)
