@@ -31,13 +31,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PROJECT", help="Project name.")]
 
 
-def _stop_on_sigterm() -> None:
-    """Long-running commands stop cleanly on SIGTERM too (background jobs of a script ignore SIGINT)."""
+def _serve_until_signalled(settings: MultinodeSettings) -> None:
+    """Run a control-plane worker until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly."""
+    from multinode._worker import run_worker
 
-    def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_worker(settings, stop)
 
-    signal.signal(signal.SIGTERM, handler)
+    asyncio.run(serve())
+    console.print("Stopped.")
 
 
 def _settings() -> MultinodeSettings:
@@ -89,9 +95,7 @@ def dev(
 ) -> None:
     """Run the local stack: the embedded Temporal dev server (with Web UI) and a control-plane worker."""
     from multinode._devserver import DevServer, port_open
-    from multinode._worker import run_worker
 
-    _stop_on_sigterm()
     settings = _settings()
     server = None
     host, _, port_text = settings.temporal_address.rpartition(":")
@@ -109,9 +113,7 @@ def dev(
         console.print(f"Temporal dev server at 127.0.0.1:{port}, Web UI at http://localhost:{ui_port}")
     console.print(f"Control-plane worker on task queue {settings.task_queue!r}. Press Ctrl-C to stop.")
     try:
-        asyncio.run(run_worker(settings))
-    except KeyboardInterrupt:
-        console.print("Stopping.")
+        _serve_until_signalled(settings)
     finally:
         if server is not None:
             server.stop()
@@ -120,18 +122,12 @@ def dev(
 @app.command()
 def worker() -> None:
     """Run a control-plane worker against the configured Temporal (TEMPORAL_ADDRESS, ...)."""
-    from multinode._worker import run_worker
-
-    _stop_on_sigterm()
     settings = _settings()
     console.print(
         f"Control-plane worker: {settings.temporal_address}, namespace {settings.temporal_namespace!r}, "
         f"task queue {settings.task_queue!r}, provisioner {settings.provisioner!r}."
     )
-    try:
-        asyncio.run(run_worker(settings))
-    except KeyboardInterrupt:
-        console.print("Stopping.")
+    _serve_until_signalled(settings)
 
 
 # --- registry -----------------------------------------------------------------------------------

@@ -265,7 +265,8 @@ class InvocationWorkflow:
             handle,
             result_type=ContainerExit,
             start_to_close_timeout=self._input.config.timeout + CONTAINER_START_TIMEOUT + grace * 2,
-            heartbeat_timeout=timedelta(seconds=30),
+            # A watch whose control-plane worker died is retried on another one after this long.
+            heartbeat_timeout=timedelta(seconds=10),
             retry_policy=_FOREVER,
         )
         self._watch = watch
