@@ -1,0 +1,105 @@
+"""Nothing is lost when a control-plane worker or the Temporal server dies mid-invocation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from multinode import InvocationStatus, get_deployed_function
+from multinode._devserver import DevServer
+from multinode._settings import MultinodeSettings
+from multinode.provisioner.local import LocalProvisioner
+from tests.conftest import free_port
+from tests.helpers import ThreadWorker, assert_eventually, write_tasks
+
+TASKS = """
+import time
+from pathlib import Path
+from multinode import Multinode
+
+mn = Multinode()
+
+@mn.function()
+def slow_square(x, marker):
+    Path(marker).write_text("started")
+    time.sleep(6)
+    return x * x
+"""
+
+
+def _worker_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "mn"), "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_killing_the_control_plane_worker_loses_nothing(
+    register, project_name: str, settings: MultinodeSettings, tmp_path: Path, worker: ThreadWorker
+) -> None:
+    register({"main.py": TASKS})
+    worker.stop()  # from now on only the worker process below serves the task queue
+    process = _worker_process(os.environ.copy())
+    fn = get_deployed_function(project_name, "slow_square")
+    marker = tmp_path / "started"
+    invocation_id = fn.start(7, str(marker))
+    assert_eventually(marker.exists, timeout=30)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    replacement = _worker_process(os.environ.copy())
+    try:
+        assert fn.await_result(invocation_id, timeout=90) == 49
+        invocation = fn.get(invocation_id)
+        assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
+        assert len(invocation.executions) == 1
+        assert LocalProvisioner(settings.home).running_handles() == []
+    finally:
+        replacement.send_signal(signal.SIGTERM)
+        replacement.wait(timeout=30)
+
+
+@pytest.fixture
+def persistent_server(tmp_path: Path) -> Iterator[DevServer]:
+    server = DevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_restarting_the_temporal_server_loses_nothing(
+    persistent_server: DevServer, settings: MultinodeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", persistent_server.address)
+    own = MultinodeSettings.from_env()
+    process = _worker_process(os.environ.copy())
+    try:
+        import asyncio
+
+        from multinode._registration import register_async
+
+        project = f"restart-{uuid.uuid4().hex[:6]}"
+        folder = write_tasks(tmp_path / "tasks", {"main.py": TASKS})
+        asyncio.run(register_async(folder, project, own))
+        fn = get_deployed_function(project, "slow_square", settings=own)
+        marker = tmp_path / "started"
+        invocation_id = fn.start(9, str(marker))
+        assert_eventually(marker.exists, timeout=30)
+        persistent_server.stop()
+        persistent_server.start()
+        assert fn.await_result(invocation_id, timeout=120) == 81
+        invocation = fn.get(invocation_id)
+        assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
+        assert LocalProvisioner(own.home).running_handles() == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
