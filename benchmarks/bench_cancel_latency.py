@@ -1,6 +1,6 @@
 """Time from `.cancel()` to `InvocationCancelledError` being raised inside user code (local provisioner).
 
-    .venv/bin/python benchmarks/bench_cancel_latency.py [--runs 20]
+.venv/bin/python benchmarks/bench_cancel_latency.py [--runs 20]
 """
 
 from __future__ import annotations

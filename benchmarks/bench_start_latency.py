@@ -44,9 +44,7 @@ async def plain_activity() -> float:
 class PlainWorkflow:
     @workflow.run
     async def run(self) -> float:
-        return await workflow.execute_activity(
-            plain_activity, start_to_close_timeout=timedelta(seconds=30)
-        )
+        return await workflow.execute_activity(plain_activity, start_to_close_timeout=timedelta(seconds=30))
 
 
 async def plain_temporal(address: str, runs: int) -> tuple[list[float], list[float]]:

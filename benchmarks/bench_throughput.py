@@ -62,7 +62,10 @@ async def plain_run(address: str, count: int) -> float:
     async with Worker(client, task_queue=queue, workflows=[PlainWorkflow], activities=[plain_activity]):
         began = time.monotonic()
         handles = await asyncio.gather(
-            *(client.start_workflow(PlainWorkflow.run, i, id=f"plain-{uuid.uuid4()}", task_queue=queue) for i in range(count))
+            *(
+                client.start_workflow(PlainWorkflow.run, i, id=f"plain-{uuid.uuid4()}", task_queue=queue)
+                for i in range(count)
+            )
         )
         results = await asyncio.gather(*(h.result() for h in handles))
         elapsed = time.monotonic() - began

@@ -13,8 +13,7 @@ from multinode._protocol import INVOCATION_WORKFLOW, SA_PROJECT
 from multinode._registry import delete_project, read_project
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList, InvocationStatus
-from multinode.errors import NotFoundError, ValidationError
-from multinode.provisioner import create_provisioner
+from multinode.errors import ValidationError
 
 
 async def get_invocation(settings: MultinodeSettings, invocation_id: str) -> Invocation:
@@ -52,15 +51,7 @@ async def delete_project_and_invocations(settings: MultinodeSettings, project: s
     return len(ids)
 
 
-async def read_logs(settings: MultinodeSettings, invocation_id: str, execution_id: str | None) -> str:
-    invocation = await get_invocation(settings, invocation_id)
-    if not invocation.executions:
-        return ""
-    executions = {e.execution_id: e for e in invocation.executions}
-    if execution_id is not None and execution_id not in executions:
-        raise NotFoundError(
-            f"Invocation {invocation_id} has no execution {execution_id!r}; it has {', '.join(executions)}."
-        )
-    chosen = execution_id or invocation.executions[-1].execution_id
-    provisioner = create_provisioner(settings.provisioner, settings.home)
-    return await asyncio.to_thread(provisioner.logs, chosen)
+async def print_logs(settings: MultinodeSettings, invocation_id: str, execution_id: str | None, follow: bool) -> None:
+    client = await get_client(settings)
+    async for chunk in _invocations.log_chunks(client, settings, invocation_id, execution_id, follow=follow):
+        print(chunk, end="", flush=True)

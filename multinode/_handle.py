@@ -123,6 +123,12 @@ class DeployedFunction:
                 id=invocation_id,
                 task_queue=self.settings.task_queue,
                 search_attributes=TypedSearchAttributes(pairs),
+                memo={
+                    "project": self.project_name,
+                    "function": self.function_name,
+                    "version": version.version_id,
+                    "parent_invocation": parent,
+                },
                 static_summary=f"{self.project_name}.{self.function_name} ({version.version_id})",
             )
         except RPCError as exc:
@@ -169,6 +175,15 @@ class DeployedFunction:
 
     def list(self, offset: str | None = None) -> InvocationIdsList:
         return run_sync(self.list_async(offset))
+
+    async def logs_async(self, invocation_id: str, execution_id: str | None = None) -> str:
+        """What the invocation's code printed (stdout and stderr), for its latest or a given execution."""
+        client = await self._client()
+        chunks = _invocations.log_chunks(client, self.settings, invocation_id, execution_id, follow=False)
+        return "".join([chunk async for chunk in chunks])
+
+    def logs(self, invocation_id: str, execution_id: str | None = None) -> str:
+        return run_sync(self.logs_async(invocation_id, execution_id))
 
     # --- wait and cancel ----------------------------------------------------------------------
 

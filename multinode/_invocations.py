@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +14,26 @@ from temporalio.service import RPCError
 
 from multinode import _serialization
 from multinode._client import is_not_found
-from multinode._protocol import DESCRIBE_QUERY, INVOCATION_WORKFLOW, SA_STATUS, ErrorInfo, InvocationState
+from multinode._protocol import (
+    DESCRIBE_QUERY,
+    INVOCATION_WORKFLOW,
+    LOGS_WORKFLOW,
+    RUN_FUNCTION_ACTIVITY,
+    SA_STATUS,
+    ErrorInfo,
+    InvocationState,
+    LogsChunk,
+    LogsRequest,
+)
+from multinode._settings import MultinodeSettings
 from multinode._types import ErrorDetails, Execution, Invocation, InvocationStatus
 from multinode.errors import (
+    ControlPlaneUnavailableError,
     InvocationCancelledError,
     InvocationFailedError,
     InvocationNotFoundError,
     InvocationTimedOutError,
+    NotFoundError,
 )
 
 
@@ -42,12 +57,30 @@ async def read_state(client: Client, invocation_id: str, worker_wait_seconds: fl
         return await handle.result()
     if description.status == WorkflowExecutionStatus.RUNNING:
         try:
-            return await handle.query(
+            state = await handle.query(
                 DESCRIBE_QUERY, result_type=InvocationState, rpc_timeout=timedelta(seconds=worker_wait_seconds)
             )
         except RPCError:
-            pass  # no worker answered: fall back to what the server itself knows
+            state = _state_from_description(invocation_id, description)  # no worker answered
+        progress = await _heartbeat_progress(client, description)
+        if progress is not None and state.status not in FINAL_STATUSES:
+            state.result = progress
+        return state
     return _state_from_description(invocation_id, description)
+
+
+FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+async def _heartbeat_progress(client: Client, description: WorkflowExecutionDescription) -> Any:
+    """The latest yield, from the running execution's last heartbeat (fresher than any signal)."""
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == RUN_FUNCTION_ACTIVITY and pending.heartbeat_details.payloads:
+            values = client.data_converter.payload_converter.from_payloads(
+                list(pending.heartbeat_details.payloads), [str]
+            )
+            return json.loads(values[0]) if values and values[0] else None
+    return None
 
 
 def _state_from_description(invocation_id: str, description: WorkflowExecutionDescription) -> InvocationState:
@@ -141,3 +174,64 @@ def outcome(state: InvocationState) -> Any:
         error_message=error.message,
         traceback=error.traceback,
     )
+
+
+async def read_logs(
+    client: Client,
+    settings_task_queue: str,
+    state: InvocationState,
+    execution_id: str | None,
+    offset: str | None,
+    worker_wait_seconds: float,
+) -> LogsChunk:
+    """A chunk of one execution's output (the latest execution unless one is named)."""
+    known = [e.execution_id for e in state.executions]
+    if execution_id is not None and execution_id not in known:
+        raise NotFoundError(
+            f"Invocation {state.invocation_id} has no execution {execution_id!r}; it has: {', '.join(known) or 'none'}."
+        )
+    chosen = execution_id or (known[-1] if known else None)
+    if chosen is None:
+        return LogsChunk(text="", offset=offset or "")
+    request = LogsRequest(provisioner=state.provisioner, execution_id=chosen, offset=offset)
+    try:
+        return await asyncio.wait_for(
+            client.execute_workflow(
+                LOGS_WORKFLOW,
+                request,
+                id=f"multinode-logs:{chosen}:{uuid.uuid4().hex[:8]}",
+                task_queue=settings_task_queue,
+                result_type=LogsChunk,
+                execution_timeout=timedelta(minutes=1),
+            ),
+            worker_wait_seconds + 30,
+        )
+    except asyncio.TimeoutError as exc:
+        raise ControlPlaneUnavailableError(settings_task_queue, worker_wait_seconds + 30) from exc
+
+
+async def log_chunks(
+    client: Client,
+    settings: MultinodeSettings,
+    invocation_id: str,
+    execution_id: str | None,
+    *,
+    follow: bool,
+    poll_seconds: float = 1.0,
+) -> AsyncIterator[str]:
+    """An execution's output in chunks; with ``follow``, keep reading until the invocation ends."""
+    offset: str | None = None
+    while True:
+        state = await read_state(client, invocation_id, settings.worker_wait_seconds)
+        ended = state.status in FINAL_STATUSES
+        if state.executions or execution_id is not None:
+            chunk = await read_logs(
+                client, settings.task_queue, state, execution_id, offset, settings.worker_wait_seconds
+            )
+            offset = chunk.offset
+            if chunk.text:
+                yield chunk.text
+                continue  # there may be more right away
+        if not follow or ended:
+            return
+        await asyncio.sleep(poll_seconds)

@@ -27,6 +27,7 @@ CANCEL_INVOCATIONS_ACTIVITY = "multinode.cancel_invocations"
 
 DESCRIBE_QUERY = "describe"
 CHILD_STARTED_SIGNAL = "child_started"
+PROGRESS_SIGNAL = "progress"
 PROGRESS_QUERY = "progress"
 REGISTER_UPDATE = "register_version"
 DELETE_UPDATE = "delete_project"
@@ -152,6 +153,7 @@ class InvocationState:
     status: str
     created_at: datetime
     parent_invocation_id: str | None = None
+    provisioner: str = "local"
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: Any = None
@@ -199,6 +201,17 @@ class RunInput:
     args: Any
     timeout_seconds: float
     grace_period_seconds: float
+    progress_signal_budget: int = 0
+    """How many progress signals this execution may send to its workflow (history has limits)."""
+    progress_bytes_budget: int = 0
+    """How many bytes of progress this execution may send to its workflow."""
+
+
+@dataclass
+class ProgressUpdate:
+    execution_id: str
+    value: Any
+    """jsonpickle form of the latest yielded value, as JSON."""
 
 
 @dataclass
@@ -248,3 +261,25 @@ class QuotaState:
 class RequestSlotInput:
     quota_id: str
     request: SlotRequest
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+LOGS_WORKFLOW = "MultinodeLogs"
+"""A short workflow that reads one execution's output through the control plane (which has the
+provisioner's credentials: local files, CloudWatch Logs)."""
+READ_LOGS_ACTIVITY = "multinode.read_logs"
+
+
+@dataclass
+class LogsRequest:
+    provisioner: str
+    execution_id: str
+    offset: str | None = None
+    """Where the previous chunk ended; None for the beginning."""
+
+
+@dataclass
+class LogsChunk:
+    text: str
+    offset: str

@@ -101,6 +101,12 @@ class Function:
     async def call_remote_async(self, *args: Any, **kwargs: Any) -> Any:
         return await self.deployed().call_remote_async(*args, **kwargs)
 
+    def logs(self, invocation_id: str, execution_id: str | None = None) -> str:
+        return self.deployed().logs(invocation_id, execution_id)
+
+    async def logs_async(self, invocation_id: str, execution_id: str | None = None) -> str:
+        return await self.deployed().logs_async(invocation_id, execution_id)
+
     def map(self, iterable: Iterable[Any]) -> Any:
         return self.deployed().map(iterable)
 

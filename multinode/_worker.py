@@ -20,7 +20,7 @@ from multinode._protocol import SEARCH_ATTRIBUTES
 from multinode._settings import MultinodeSettings
 from multinode.activities import ProvisioningActivities
 from multinode.provisioner import Provisioner, create_provisioner
-from multinode.workflows import InvocationWorkflow, ProjectWorkflow, QuotaWorkflow
+from multinode.workflows import InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
 
 logger = logging.getLogger("multinode.worker")
 
@@ -54,7 +54,7 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[InvocationWorkflow, ProjectWorkflow, QuotaWorkflow],
+        workflows=[InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow],
         activities=activities.all(),
     )
 

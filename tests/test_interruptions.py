@@ -188,9 +188,11 @@ def test_cancelling_a_parent_cancels_its_children(register, project_name: str, s
     parent_id = fn.start()
     assert_eventually(lambda: _logs_contain(fn, parent_id, settings, "children"), timeout=30)
     children = assert_eventually(
-        lambda: [i for i in children_fn.list().invocation_ids if children_fn.get(i).status == InvocationStatus.RUNNING]
-        if len(children_fn.list().invocation_ids) == 3
-        else None,
+        lambda: (
+            [i for i in children_fn.list().invocation_ids if children_fn.get(i).status == InvocationStatus.RUNNING]
+            if len(children_fn.list().invocation_ids) == 3
+            else None
+        ),
         timeout=30,
     )
     assert len(children) == 3

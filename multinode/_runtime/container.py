@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -36,8 +37,10 @@ from multinode._protocol import (
     ENV_CONTAINER_TASK_QUEUE,
     ENV_INVOCATION_ID,
     INTERRUPT_ACTIVITY,
+    PROGRESS_SIGNAL,
     RUN_FUNCTION_ACTIVITY,
     InterruptInput,
+    ProgressUpdate,
     RunInput,
     RunOutput,
 )
@@ -52,6 +55,8 @@ HEARTBEAT_SEND_INTERVAL = timedelta(milliseconds=500)
 """How often the SDK sends the latest heartbeat (with the latest progress) to the server."""
 PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
 """Yields closer together than this are coalesced: only the latest is pickled."""
+MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS = 1.0
+"""Progress reaches the workflow (its ``progress`` query) at most this often."""
 IDLE_TIMEOUT_SECONDS = 600.0
 """A container that receives no execution for this long exits (its workflow has moved on)."""
 INTERRUPT_SIGNAL = signal.SIGUSR1
@@ -82,6 +87,7 @@ class Runner:
         self.functions: dict[str, Function] = {}
         self.load_error: BaseException | None = None
         self.progress: str | None = None
+        self.progress_version = 0
         self._progress_at = 0.0
         self._timeout_seconds = 0.0
         signal.signal(INTERRUPT_SIGNAL, self._on_signal)
@@ -168,6 +174,7 @@ class Runner:
     def _publish_progress(self, value: Any) -> None:
         try:
             self.progress = _serialization.encode(value, what="A yielded value")
+            self.progress_version += 1
         except PayloadError as exc:
             _log(f"progress not published: {exc}")
 
@@ -193,12 +200,58 @@ class Runner:
         return ApplicationError(str(exc), tb, type=name, non_retryable=True)
 
 
+class _ProgressPacer:
+    """Sends the latest progress to the workflow as signals, within the execution's budget.
+
+    The gap between two signals is at least ``MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS`` and stretches
+    so that, at the current payload size, the budget lasts until the execution's deadline.
+    """
+
+    def __init__(self, client: Client, run: RunInput) -> None:
+        self._client = client
+        self._run = run
+        self._count_left = run.progress_signal_budget
+        self._bytes_left = run.progress_bytes_budget
+        self._deadline = time.monotonic() + run.timeout_seconds
+        self._next_at = 0.0
+        self._sent_version = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, progress: str | None, version: int) -> None:
+        now = time.monotonic()
+        if progress is None or version == self._sent_version or now < self._next_at:
+            return
+        if (self._task is not None and not self._task.done()) or self._count_left <= 0:
+            return
+        size = len(progress)
+        if size > self._bytes_left:
+            return
+        self._sent_version = version
+        self._count_left -= 1
+        self._bytes_left -= size
+        left = max(self._deadline - now, 0.0)
+        self._next_at = now + max(
+            MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS,
+            left / max(self._count_left, 1),
+            left * size / max(self._bytes_left, 1),
+        )
+        update = ProgressUpdate(execution_id=self._run.execution_id, value=json.loads(progress))
+        self._task = asyncio.create_task(self._send(update))
+
+    async def _send(self, update: ProgressUpdate) -> None:
+        try:
+            await self._client.get_workflow_handle(self._run.invocation_id).signal(PROGRESS_SIGNAL, update)
+        except Exception as exc:  # progress is best effort; the result is not
+            _log(f"progress signal not sent: {exc}")
+
+
 class ContainerActivities:
     """Worker-thread side: the activities this container's worker runs."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, client: Client, finished: threading.Event) -> None:
         self.runner = runner
-        self.finished = threading.Event()
+        self.client = client
+        self.finished = finished
 
     @activity.defn(name=RUN_FUNCTION_ACTIVITY)
     async def run_function(self, run: RunInput) -> RunOutput:
@@ -207,9 +260,12 @@ class ContainerActivities:
         call = _Call(run, on_done=lambda: loop.call_soon_threadsafe(done.set))
         self.runner.submit(call)
         timers = [loop.call_later(run.timeout_seconds, self.runner.interrupt, "timed_out")]
+        pacer = _ProgressPacer(self.client, run)
         try:
             while not done.is_set():
-                activity.heartbeat(*([self.runner.progress] if self.runner.progress is not None else []))
+                progress, version = self.runner.progress, self.runner.progress_version
+                activity.heartbeat(*([progress] if progress is not None else []))
+                pacer.offer(progress, version)
                 if self.runner.interrupted == "timed_out" and not timers[1:]:
                     timers.append(loop.call_later(run.grace_period_seconds, done.set))
                 try:
@@ -239,8 +295,9 @@ class ContainerActivities:
         self.runner.interrupt(request.reason)
 
 
-async def _serve(activities: ContainerActivities, settings: MultinodeSettings, task_queue: str) -> None:
+async def _serve(runner: Runner, finished: threading.Event, settings: MultinodeSettings, task_queue: str) -> None:
     client = await connect(settings)
+    activities = ContainerActivities(runner, client, finished)
     worker = Worker(
         client,
         task_queue=task_queue,
@@ -254,19 +311,19 @@ async def _serve(activities: ContainerActivities, settings: MultinodeSettings, t
         max_heartbeat_throttle_interval=HEARTBEAT_SEND_INTERVAL,
     )
     async with worker:
-        await asyncio.to_thread(activities.finished.wait)
+        await asyncio.to_thread(finished.wait)
 
 
 def main() -> int:
     task_queue = os.environ[ENV_CONTAINER_TASK_QUEUE]
     settings = MultinodeSettings.from_env()
     runner = Runner()
-    activities = ContainerActivities(runner)
+    finished = threading.Event()
     failure: list[BaseException] = []
 
     def serve() -> None:
         try:
-            asyncio.run(_serve(activities, settings, task_queue))
+            asyncio.run(_serve(runner, finished, settings, task_queue))
         except BaseException as exc:  # noqa: BLE001 - reported below, then the container exits
             failure.append(exc)
             runner.stop_waiting()

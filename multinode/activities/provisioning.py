@@ -11,16 +11,11 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from multinode._protocol import (
     ACQUIRE_SIGNAL,
-    FIND_CLOSED_ACTIVITY,
-    QUOTA_WORKFLOW,
-    REQUEST_SLOT_ACTIVITY,
-    QuotaState,
-    RequestSlotInput,
     CANCEL_INVOCATIONS_ACTIVITY,
     DEPROVISION_ACTIVITY,
     ENV_CONTAINER_TASK_QUEUE,
@@ -29,11 +24,19 @@ from multinode._protocol import (
     ENV_INVOCATION_ID,
     ENV_PROJECT,
     ENV_VERSION,
+    FIND_CLOSED_ACTIVITY,
     PROVISION_ACTIVITY,
+    QUOTA_WORKFLOW,
+    READ_LOGS_ACTIVITY,
+    REQUEST_SLOT_ACTIVITY,
     WATCH_ACTIVITY,
     ContainerExit,
     ContainerHandle,
+    LogsChunk,
+    LogsRequest,
     ProvisionInput,
+    QuotaState,
+    RequestSlotInput,
     container_task_queue,
 )
 from multinode._settings import MultinodeSettings
@@ -102,7 +105,7 @@ class ProvisioningActivities:
             if status.state == "exited":
                 reason = status.reason
                 if status.exit_code not in (0, None) or "memory" in reason:
-                    logs = await asyncio.to_thread(provisioner.logs, handle.handle_id)
+                    logs, _ = await asyncio.to_thread(provisioner.logs, handle.handle_id)
                     tail = "\n".join(logs.strip().splitlines()[-LOG_LINES_IN_EXIT_REASON:])
                     if tail:
                         reason = f"{reason}; last output:\n{tail}"
@@ -151,6 +154,12 @@ class ProvisioningActivities:
         flags = await asyncio.gather(*(closed(i) for i in invocation_ids))
         return [i for i, is_closed in zip(invocation_ids, flags, strict=True) if is_closed]
 
+    @activity.defn(name=READ_LOGS_ACTIVITY)
+    async def read_logs(self, request: LogsRequest) -> LogsChunk:
+        provisioner = self._provisioner(request.provisioner)
+        text, offset = await asyncio.to_thread(provisioner.logs, request.execution_id, request.offset)
+        return LogsChunk(text=text, offset=offset)
+
     @activity.defn(name=DEPROVISION_ACTIVITY)
     async def deprovision(self, handle: ContainerHandle) -> None:
         await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
@@ -163,4 +172,5 @@ class ProvisioningActivities:
             self.cancel_invocations,
             self.request_slot,
             self.find_closed_invocations,
+            self.read_logs,
         ]

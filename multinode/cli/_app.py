@@ -357,9 +357,10 @@ def list_(
 @app.command()
 def logs(
     invocation_id: Annotated[str, typer.Argument(help="Invocation id.")],
-    execution: Annotated[str | None, typer.Option(help="One execution id (default: the latest).")] = None,  # noqa: UP007
+    execution: Annotated[str | None, typer.Option(help="One execution id (default: the latest).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the invocation ends.")] = False,
 ) -> None:
     """Print what an invocation's code printed (stdout and stderr)."""
-    from multinode._admin import read_logs
+    from multinode._admin import print_logs
 
-    print(_run(read_logs(_settings(), invocation_id, execution)), end="")
+    _run(print_logs(_settings(), invocation_id, execution, follow))

@@ -53,8 +53,9 @@ class Provisioner(abc.ABC):
         """Kill the container now and return once it is gone. Stopping a stopped container is a no-op."""
 
     @abc.abstractmethod
-    def logs(self, handle_id: str) -> str:
-        """Everything the container printed (stdout and stderr) so far."""
+    def logs(self, handle_id: str, offset: str | None = None) -> tuple[str, str]:
+        """What the container printed (stdout and stderr) after ``offset``, and the offset to read on
+        from. Offsets are opaque; None means the beginning."""
 
 
 def create_provisioner(name: str, home: Path) -> Provisioner:

@@ -21,6 +21,8 @@ from multinode.provisioner.local_build import LocalVersionStore
 
 _SHIM = Path(__file__).with_name("_local_shim.py")
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "UV_CACHE_DIR")
+MAX_LOG_CHUNK_BYTES = 1024 * 1024
+"""Largest piece of output returned by one ``logs`` call (Temporal payloads are capped at 2 MB)."""
 STOP_WAIT_SECONDS = 10.0
 """How long ``stop`` waits for a killed process group to disappear."""
 
@@ -111,11 +113,23 @@ class LocalProvisioner(Provisioner):
         if not (state_dir / "exit.json").exists():
             _write_json(state_dir / "exit.json", {"exit_code": -signal.SIGKILL, "reason": "stopped by Multinode"})
 
-    def logs(self, handle_id: str) -> str:
+    def logs(self, handle_id: str, offset: str | None = None) -> tuple[str, str]:
+        start = int(offset) if offset else 0
         try:
-            return (self._dir(handle_id) / "output.log").read_text(errors="replace")
+            with open(self._dir(handle_id) / "output.log", "rb") as log:
+                log.seek(start)
+                data = log.read(MAX_LOG_CHUNK_BYTES)
         except FileNotFoundError:
-            return ""
+            return "", str(start)
+        if len(data) == MAX_LOG_CHUNK_BYTES:
+            # Do not split a UTF-8 character across chunks: drop a trailing partial sequence.
+            for back in range(1, 4):
+                if (data[-back] & 0xC0) == 0xC0:  # a lead byte
+                    data = data[:-back]
+                    break
+                if (data[-back] & 0x80) == 0:
+                    break
+        return data.decode("utf-8", errors="replace"), str(start + len(data))
 
     def running_handles(self) -> list[str]:
         """Every container under this home that still runs (for clean-up and tests)."""

@@ -9,6 +9,7 @@ retry must get a fresh container.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -19,21 +20,20 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
-        RELEASE_SIGNAL,
-        REQUEST_SLOT_ACTIVITY,
-        SLOT_GRANTED_SIGNAL,
-        RequestSlotInput,
-        SlotRequest,
-        quota_workflow_id,
         CANCEL_INVOCATIONS_ACTIVITY,
         CHILD_STARTED_SIGNAL,
         DEPROVISION_ACTIVITY,
         DESCRIBE_QUERY,
         INTERRUPT_ACTIVITY,
         INVOCATION_WORKFLOW,
+        PROGRESS_QUERY,
+        PROGRESS_SIGNAL,
         PROVISION_ACTIVITY,
+        RELEASE_SIGNAL,
+        REQUEST_SLOT_ACTIVITY,
         RUN_FUNCTION_ACTIVITY,
         SA_STATUS,
+        SLOT_GRANTED_SIGNAL,
         WATCH_ACTIVITY,
         ContainerExit,
         ContainerHandle,
@@ -42,10 +42,14 @@ with workflow.unsafe.imports_passed_through():
         InterruptInput,
         InvocationInput,
         InvocationState,
+        ProgressUpdate,
         ProvisionInput,
+        RequestSlotInput,
         RunInput,
         RunOutput,
+        SlotRequest,
         container_task_queue,
+        quota_workflow_id,
     )
 
 CONTAINER_START_TIMEOUT = timedelta(minutes=10)
@@ -57,6 +61,10 @@ EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
 """After a container exits, how long to wait for its run activity's own completion to arrive."""
 WATCH_END_WAIT = timedelta(seconds=10)
 """After deprovisioning, how long to wait for the watch activity to see the container gone."""
+PROGRESS_SIGNAL_BUDGET = 4_000
+"""Progress signals one invocation may receive over all its attempts (each costs ~4 history events)."""
+PROGRESS_BYTES_BUDGET = 16 * 1024 * 1024
+"""Bytes of progress one invocation may receive over all its attempts (history is capped at 50 MB)."""
 RETRY_BACKOFF_INITIAL = timedelta(seconds=1)
 """Wait before the second attempt; doubles for each further attempt."""
 RETRY_BACKOFF_MAX = timedelta(minutes=1)
@@ -97,11 +105,33 @@ class InvocationWorkflow:
             status="PENDING",
             created_at=info.start_time,
             parent_invocation_id=input.parent_invocation_id,
+            provisioner=input.provisioner,
         )
+        self._current_execution: str | None = None
+        self._progress_signals_used = 0
+        self._progress_bytes_used = 0
 
     @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> InvocationState:
         return self._state
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> Any:
+        """The latest yielded value (jsonpickle JSON) as of the last progress signal."""
+        return self._state.result
+
+    @workflow.signal(name=PROGRESS_SIGNAL)
+    def progress_update(self, update: ProgressUpdate) -> None:
+        # Progress reaches the workflow by signals paced by the container within a budget, so that
+        # even a function yielding once a second for 24 h, retried, stays far below Temporal's history
+        # limits (51,200 events, 50 MB). `.get()` reads fresher progress from the run activity's
+        # heartbeat details, which cost no history but which a workflow cannot read.
+        if update.execution_id != self._current_execution:
+            return  # a late signal from an attempt that already ended
+        self._progress_signals_used += 1
+        self._progress_bytes_used += len(json.dumps(update.value))
+        self._state.result = update.value
+        self._show_details()
 
     @workflow.signal(name=SLOT_GRANTED_SIGNAL)
     def slot_granted(self) -> None:
@@ -131,6 +161,7 @@ class InvocationWorkflow:
     @workflow.run
     async def run(self, input: InvocationInput) -> InvocationState:
         max_attempts = input.config.max_retries + 1
+        self._show_details()
         status, error = "CANCELLED", None
         try:
             await self._acquire_slot()
@@ -219,6 +250,7 @@ class InvocationWorkflow:
             if self._cancel_requested:
                 raise _AttemptEnd("CANCELLED")
             assert handle is not None
+            self._current_execution = execution.execution_id
             output = await self._run_in_container(execution, handle)
             self._state.result = output.result
             execution.status = "SUCCEEDED"
@@ -227,6 +259,7 @@ class InvocationWorkflow:
         except ActivityError as err:  # provisioning failed for good
             execution.status, execution.error = "FAILED", _error_from(err, "ProvisionerError")
         finally:
+            self._current_execution = None
             execution.finished_at = workflow.now()
             if handle is not None:
                 await self._uncancellable(
@@ -250,6 +283,7 @@ class InvocationWorkflow:
                 args=self._input.args,
                 timeout_seconds=self._input.config.timeout_seconds,
                 grace_period_seconds=handle.grace_period_seconds,
+                **self._progress_budget(execution.attempt),
             ),
             result_type=RunOutput,
             task_queue=queue,
@@ -351,10 +385,28 @@ class InvocationWorkflow:
                 self._set_status("CANCELLING")
                 self._start_cancelling_children()
 
+    def _progress_budget(self, attempt: int) -> dict[str, int]:
+        """This attempt's share of what is left of the invocation's progress budget."""
+        attempts_left = self._input.config.max_retries + 2 - attempt
+        return {
+            "progress_signal_budget": max(0, PROGRESS_SIGNAL_BUDGET - self._progress_signals_used) // attempts_left,
+            "progress_bytes_budget": max(0, PROGRESS_BYTES_BUDGET - self._progress_bytes_used) // attempts_left,
+        }
+
     def _set_status(self, status: str) -> None:
         if self._state.status != status:
             self._state.status = status
             workflow.upsert_search_attributes([_STATUS_KEY.value_set(status)])
+            self._show_details()
+
+    def _show_details(self) -> None:
+        """What the Temporal Web UI shows as the workflow's current details."""
+        lines = [f"**Multinode {self._state.status}** · {self._input.project_name}.{self._input.function_name}"]
+        lines.append(f"version {self._input.version_id}, attempt {len(self._state.executions) or '-'}")
+        if self._state.result is not None:
+            progress = json.dumps(self._state.result)
+            lines.append(f"progress: `{progress if len(progress) < 1500 else progress[:1500] + '...'}`")
+        workflow.set_current_details("\n\n".join(lines))
 
 
 async def _settle(futures: list[Any], timeout: timedelta) -> None:
