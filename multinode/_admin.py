@@ -8,9 +8,9 @@ from temporalio.client import WorkflowExecutionStatus
 
 from multinode import _invocations
 from multinode._client import get_client
-from multinode._handle import DeployedFunction
+from multinode._handle import list_page
 from multinode._protocol import INVOCATION_WORKFLOW, SA_PROJECT
-from multinode._registry import delete_project, read_project
+from multinode._registry import check_project_name, delete_project, read_project
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList, InvocationStatus
 from multinode.errors import ValidationError
@@ -34,10 +34,10 @@ async def list_invocations(
 ) -> tuple[InvocationIdsList, list[Invocation]]:
     if status is not None and status.upper() not in InvocationStatus.__members__:
         raise ValidationError(f"Unknown status {status!r}; use one of {', '.join(InvocationStatus.__members__)}.")
-    page = await DeployedFunction(project, function, settings=settings).list_async(offset)
+    check_project_name(project)
+    client = await get_client(settings)
+    page = await list_page(client, project, function, offset, status.upper() if status else None)
     invocations = await asyncio.gather(*(get_invocation(settings, i) for i in page.invocation_ids))
-    if status is not None:
-        invocations = [inv for inv in invocations if inv.status.value == status.upper()]
     return page, list(invocations)
 
 

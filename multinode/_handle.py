@@ -162,16 +162,7 @@ class DeployedFunction:
 
     async def list_async(self, offset: str | None = None) -> InvocationIdsList:
         """The 50 newest invocation ids of this function (all versions), then the next page's offset."""
-        client = await self._client()
-        query = (
-            f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{self.project_name}' "
-            f"AND {SA_FUNCTION} = '{self.function_name}'"
-        )
-        try:
-            ids, next_offset = await newest_first(client, query, LIST_PAGE_SIZE, offset)
-        except ValueError as exc:
-            raise ValidationError(f"offset={offset!r} is not an offset returned by .list().") from exc
-        return InvocationIdsList(invocation_ids=ids, offset=next_offset)
+        return await list_page(await self._client(), self.project_name, self.function_name, offset)
 
     def list(self, offset: str | None = None) -> InvocationIdsList:
         return run_sync(self.list_async(offset))
@@ -249,6 +240,23 @@ class DeployedFunction:
                 return await self.start_async(*args)
 
         return builtins.list(await asyncio.gather(*(start_one(args) for args in arg_tuples)))
+
+
+async def list_page(
+    client: Client, project_name: str, function_name: str, offset: str | None, status: str | None = None
+) -> InvocationIdsList:
+    """One page of a function's invocation ids, newest first, optionally of one status only."""
+    query = (
+        f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{project_name}' "
+        f"AND {SA_FUNCTION} = '{function_name}'"
+    )
+    if status is not None:
+        query += f" AND {SA_STATUS} = '{status}'"
+    try:
+        ids, next_offset = await newest_first(client, query, LIST_PAGE_SIZE, offset)
+    except ValueError as exc:
+        raise ValidationError(f"offset={offset!r} is not an offset returned by .list().") from exc
+    return InvocationIdsList(invocation_ids=ids, offset=next_offset)
 
 
 def _check_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

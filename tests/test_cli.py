@@ -53,6 +53,13 @@ def test_register_invoke_get_list_logs_describe_delete(worker, project_name: str
     listed = json.loads(mn("list", "greet", "--project", project_name, "--json").stdout)
     assert [i["invocation_id"] for i in listed["invocations"]] == [invocation_id]
     assert "greeting Ada" in mn("logs", invocation_id).stdout
+    assert json.loads(mn("describe", invocation_id, "--json").stdout)["status"] == "SUCCEEDED"
+    described = json.loads(mn("describe", project_name, "greet", "--json").stdout)
+    assert [i["invocation_id"] for i in described["recent"]] == [invocation_id]
+    running = json.loads(mn("list", "greet", "--project", project_name, "--status", "running", "--json").stdout)
+    assert running["invocations"] == []
+    done = mn("list", "greet", "--project", project_name, "--status", "BOGUS")
+    assert done.returncode == 1 and "Unknown status" in done.stderr
 
     done = mn("delete", project_name, "--yes")
     assert done.returncode == 0, done.stderr

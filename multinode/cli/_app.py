@@ -171,47 +171,59 @@ def projects(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def describe(
-    project: Annotated[str, typer.Argument(help="Project name.")],
-    function: Annotated[str | None, typer.Argument(help="A function of the project.")] = None,  # noqa: UP007
+    target: Annotated[str, typer.Argument(help="A project name, or an invocation id (inv-...).")],
+    function: Annotated[str | None, typer.Argument(help="A function of the project.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe a project (its versions and functions) or one of its functions."""
+    """Describe a project (versions, functions), a function (config, recent invocations) or an invocation."""
+    from multinode._admin import get_invocation
     from multinode._client import get_client
     from multinode._registry import read_project
 
+    if target.startswith("inv-") and function is None:
+        _show_invocation(_run(get_invocation(_settings(), target)), as_json)
+        return
+
     async def go() -> Any:
-        return await read_project(await get_client(_settings()), project)
+        return await read_project(await get_client(_settings()), target)
 
     state = _run(go())
     latest = state.versions[-1]
     if function is not None:
-        record = latest.functions.get(function)
-        if record is None:
-            from multinode.errors import FunctionNotFoundError
-
-            raise FunctionNotFoundError(project, latest.version_id, function, list(latest.functions))
-        if as_json:
-            _print_json({"project": project, "version_id": latest.version_id, "function": record})
-            return
-        config = record.config
-        params = ", ".join(p.name for p in record.parameters)
-        console.print(f"[bold]{project}.{function}[/]({params})  version {latest.version_id}")
-        console.print(
-            f"cpu {config.cpu:g}, memory {config.memory_mib} MiB, timeout {config.timeout}, "
-            f"max_concurrency {config.max_concurrency}, max_retries {config.max_retries}"
-            + (", generator (yields progress)" if config.is_generator else "")
-        )
+        _describe_function(target, latest, function, as_json)
         return
     if as_json:
         _print_json(state)
         return
-    table = Table(title=f"Project {project}")
+    table = Table(title=f"Project {target}")
     for column in ("version", "created", "functions"):
         table.add_column(column)
     for record in reversed(state.versions):
         created = _when(datetime.fromisoformat(record.created_at))
         table.add_row(record.version_id, created, ", ".join(sorted(record.functions)))
     console.print(table)
+
+
+def _describe_function(project: str, latest: Any, function: str, as_json: bool) -> None:
+    from multinode._admin import list_invocations
+    from multinode.errors import FunctionNotFoundError
+
+    record = latest.functions.get(function)
+    if record is None:
+        raise FunctionNotFoundError(project, latest.version_id, function, list(latest.functions))
+    _, recent = _run(list_invocations(_settings(), project, function, None, None))
+    if as_json:
+        _print_json({"project": project, "version_id": latest.version_id, "function": record, "recent": recent})
+        return
+    config = record.config
+    params = ", ".join(p.name for p in record.parameters)
+    console.print(f"[bold]{project}.{function}[/]({params})  version {latest.version_id}")
+    console.print(
+        f"cpu {config.cpu:g}, memory {config.memory_mib} MiB, timeout {config.timeout}, "
+        f"max_concurrency {config.max_concurrency}, max_retries {config.max_retries}"
+        + (", generator (yields progress)" if config.is_generator else "")
+    )
+    _print_invocations(recent[:10], title="recent invocations")
 
 
 @app.command()
@@ -270,6 +282,21 @@ def invoke(
     _show_invocation(inv, as_json)
     if inv.status.value != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+def _print_invocations(invocations: list[Any], title: str | None = None) -> None:
+    table = Table(title=title)
+    for column in ("invocation", "status", "created", "duration", "progress / result"):
+        table.add_column(column)
+    for inv in invocations:
+        table.add_row(
+            inv.invocation_id,
+            inv.status.value,
+            _when(inv.created_at),
+            _duration(inv.started_at, inv.finished_at),
+            "" if inv.result is None else repr(inv.result)[:60],
+        )
+    console.print(table)
 
 
 def _show_invocation(inv: Any, as_json: bool) -> None:
@@ -338,18 +365,7 @@ def list_(
     if as_json:
         _print_json({"invocations": invocations, "offset": page.offset})
         return
-    table = Table()
-    for column in ("invocation", "status", "created", "duration", "progress / result"):
-        table.add_column(column)
-    for inv in invocations:
-        table.add_row(
-            inv.invocation_id,
-            inv.status.value,
-            _when(inv.created_at),
-            _duration(inv.started_at, inv.finished_at),
-            "" if inv.result is None else repr(inv.result)[:60],
-        )
-    console.print(table)
+    _print_invocations(invocations)
     if page.offset:
         console.print(f"More: --offset {page.offset}")
 
