@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
 from multinode import InvocationStatus, get_deployed_function
 from multinode._settings import MultinodeSettings
@@ -151,8 +153,11 @@ def test_quota_holds_across_two_worker_processes(
         for _ in range(8):
             ids.append(fn.start(1.5))
             time.sleep(0.05)
+        # One count query is a snapshot; reading the invocations one by one would not be.
+        query = f"MultinodeProject = '{project_name}' AND MultinodeStatus = 'RUNNING'"
+        client = asyncio.run(Client.connect(settings.temporal_address))
         while not all(fn.get(i).status.is_final for i in ids):
-            running = sum(fn.get(i).status == InvocationStatus.RUNNING for i in ids)
+            running = asyncio.run(client.count_workflows(query)).count
             peak["running"] = max(peak["running"], running)
         stop.set()
         sampler.join()

@@ -179,13 +179,13 @@ class InvocationWorkflow:
         if status in ("CANCELLED", "TIMED_OUT"):
             self._cancel_requested = True
             self._start_cancelling_children()
-        await self._release_slot()
-        if self._child_cancellations:
-            await asyncio.gather(*self._child_cancellations)
         self._state.error = error
         self._state.terminated = all(e.terminated for e in self._state.executions)
         self._state.finished_at = workflow.now()
-        self._set_status(status)
+        self._set_status(status)  # before the slot is released: never more RUNNING than the quota
+        await self._release_slot()
+        if self._child_cancellations:
+            await asyncio.gather(*self._child_cancellations)
         return self._state
 
     # --- concurrency slot ---------------------------------------------------------------------
