@@ -85,7 +85,7 @@ def _logs_contain(fn, invocation_id: str, settings: MultinodeSettings, text: str
     invocation = fn.get(invocation_id)
     if not invocation.executions:
         return False
-    logs = LocalProvisioner(settings.home).logs(invocation.executions[-1].execution_id)
+    logs, _ = LocalProvisioner(settings.home).logs(invocation.executions[-1].execution_id)
     return text in logs
 
 
