@@ -17,6 +17,8 @@ from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, InvalidTasksFolderError
 from multinode.provisioner.local_build import BuiltVersion, LocalVersionStore
 
+PROVISIONERS = ("local", "fargate")
+"""Container backends a version can be registered for."""
 IMPORT_CHECK_TIMEOUT_SECONDS = 300
 """Longest ``main.py`` may take to import at registration."""
 
@@ -86,20 +88,57 @@ def inspect_version(built: BuiltVersion, folder: Path) -> dict[str, FunctionReco
     return functions
 
 
-async def register_async(path: Path, project_name: str, settings: MultinodeSettings) -> VersionRecord:
+async def register_async(
+    path: Path,
+    project_name: str,
+    settings: MultinodeSettings,
+    *,
+    provisioner: str | None = None,
+    image: str | None = None,
+) -> VersionRecord:
+    """Register ``path`` as a new version of ``project_name``.
+
+    Every version is stored and checked locally (code, environment, import of main.py). For the
+    ``fargate`` provisioner its image is also built and pushed with Docker, or ``image`` (built
+    elsewhere from ``mn build-context``) is recorded as it is.
+    """
     check_project_name(project_name)
-    folder = check_tasks_folder(path)
-    if settings.provisioner != "local":
+    backend = provisioner or ("fargate" if image else settings.provisioner)
+    if backend not in PROVISIONERS:
         raise ConfigurationError(
-            f"Registering for the {settings.provisioner!r} provisioner is not available; use 'local'.",
-            parameter="provisioner",
+            f"Unknown provisioner {backend!r}: use one of {', '.join(PROVISIONERS)}.", parameter="provisioner"
         )
+    if image is not None and backend != "fargate":
+        raise ConfigurationError("--image applies to the fargate provisioner only.", parameter="image")
+    if image is not None and (not image.strip() or any(c.isspace() for c in image)):
+        raise ConfigurationError(f"--image {image!r} is not an image URI.", parameter="image")
+    folder = check_tasks_folder(path)
     client = await get_client(settings)
     await check_control_plane(client, settings)
     store = LocalVersionStore(settings.home)
     built = await asyncio.to_thread(store.build, folder)
     functions = await asyncio.to_thread(inspect_version, built, folder)
+    artifact = dict(built.artifact)
+    if backend == "fargate":
+        artifact["image"] = image if image is not None else await asyncio.to_thread(_build_image, folder, project_name)
     registration = VersionRegistration(
-        code_digest=built.code_digest, provisioner=settings.provisioner, artifact=built.artifact, functions=functions
+        code_digest=built.code_digest, provisioner=backend, artifact=artifact, functions=functions
     )
     return await register_version(client, settings, project_name, registration)
+
+
+def _build_image(folder: Path, project_name: str) -> str:
+    from multinode.provisioner.fargate_image import build_and_push
+
+    repository = os.environ.get("MULTINODE_ECR_REPOSITORY")
+    region = next(
+        (os.environ[k] for k in ("MULTINODE_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(k)),
+        None,
+    )
+    if not repository or not region:
+        raise ConfigurationError(
+            "Building an image for the fargate provisioner needs MULTINODE_ECR_REPOSITORY (the repository URI) and "
+            "MULTINODE_AWS_REGION: take them from `terraform output` of deploy/terraform, or pass --image URI.",
+            parameter="MULTINODE_ECR_REPOSITORY",
+        )
+    return build_and_push(folder, repository, region, project_name)

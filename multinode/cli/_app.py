@@ -137,17 +137,36 @@ def worker() -> None:
 def register(
     path: Annotated[Path, typer.Argument(help="The tasks folder (it holds main.py).")],
     project: ProjectOpt,
+    provisioner: Annotated[
+        str | None, typer.Option(help="Container backend: local or fargate (default: MULTINODE_PROVISIONER).")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="fargate: an image built elsewhere from `mn build-context`, instead of Docker.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a tasks folder as a new version of a project; prints the version id."""
     from multinode._registration import register_async
 
     with console.status(f"Registering {path} as project {project!r}..."):
-        record = _run(register_async(path, project, _settings()))
+        record = _run(register_async(path, project, _settings(), provisioner=provisioner, image=image))
     if as_json:
         _print_json({"project": project, "version_id": record.version_id, "functions": sorted(record.functions)})
     else:
         print(record.version_id)
+
+
+@app.command("build-context")
+def build_context(
+    path: Annotated[Path, typer.Argument(help="The tasks folder (it holds main.py).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the Docker build context to.")],
+) -> None:
+    """Write the Docker build context of a version's image (for CI: `docker build OUT`); prints a tag."""
+    from multinode._registration import check_tasks_folder
+    from multinode.provisioner.image import write_build_context
+
+    digest = write_build_context(check_tasks_folder(path), out)
+    print(digest[:16])
 
 
 @app.command()

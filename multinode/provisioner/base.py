@@ -64,6 +64,12 @@ def create_provisioner(name: str, home: Path) -> Provisioner:
         from multinode.provisioner.local import LocalProvisioner
 
         return LocalProvisioner(home)
+    if name == "fargate":
+        from multinode.provisioner.fargate import FargateProvisioner
+        from multinode.provisioner.fargate_settings import FargateSettings
+
+        return FargateProvisioner(FargateSettings.from_env())
     raise ConfigurationError(
-        f"Unknown provisioner {name!r}: set MULTINODE_PROVISIONER to 'local'.", parameter="MULTINODE_PROVISIONER"
+        f"Unknown provisioner {name!r}: set MULTINODE_PROVISIONER to 'local' or 'fargate'.",
+        parameter="MULTINODE_PROVISIONER",
     )
