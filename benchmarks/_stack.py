@@ -51,9 +51,16 @@ def local_stack() -> Iterator[dict[str, str]]:
         proc.wait(timeout=30)
 
 
-def register(env: dict[str, str], folder: Path, project: str) -> None:
-    mn = str(Path(sys.executable).parent / "mn")
-    subprocess.run([mn, "register", str(folder), "--project", project], env=env, check=True, capture_output=True)
+@contextmanager
+def stack_with_project(main_py: str, project: str = "bench") -> Iterator[tuple[dict[str, str], Path]]:
+    """A local stack with ``main_py`` registered as ``project``; yields its environment and a scratch folder."""
+    with local_stack() as env, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "tasks"
+        folder.mkdir()
+        (folder / "main.py").write_text(main_py)
+        mn = str(Path(sys.executable).parent / "mn")
+        subprocess.run([mn, "register", str(folder), "--project", project], env=env, check=True, capture_output=True)
+        yield env, Path(tmp)
 
 
 def summary(label: str, seconds: list[float]) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import local_stack, register, summary  # noqa: E402
+from _stack import stack_with_project, summary  # noqa: E402
 
 TASKS = """
 import time
@@ -45,17 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    with local_stack() as env, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tasks"
-        folder.mkdir()
-        (folder / "main.py").write_text(TASKS)
-        register(env, folder, "bench")
+    with stack_with_project(TASKS) as (env, tmp):
         from multinode import get_deployed_function
 
         fn = get_deployed_function("bench", "sleeper")
         latencies = []
         for i in range(args.runs):
-            marker, raised = Path(tmp) / f"m{i}", Path(tmp) / f"r{i}"
+            marker, raised = tmp / f"m{i}", tmp / f"r{i}"
             invocation_id = fn.start(str(marker), str(raised))
             wait_for(marker)
             time.sleep(0.2)  # let it settle into the sleep

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import local_stack, register, summary  # noqa: E402
+from _stack import stack_with_project, summary  # noqa: E402
 
 TASKS = """
 import time
@@ -35,11 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--yields", type=int, default=30)
     args = parser.parse_args()
-    with local_stack() as env, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tasks"
-        folder.mkdir()
-        (folder / "main.py").write_text(TASKS)
-        register(env, folder, "bench")
+    with stack_with_project(TASKS) as (_env, _tmp):
         from multinode import get_deployed_function
 
         fn = get_deployed_function("bench", "ticker")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 import uuid
 from datetime import timedelta
@@ -21,7 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import local_stack, register, summary  # noqa: E402
+from _stack import stack_with_project, summary  # noqa: E402
 
 TASKS = """
 import time
@@ -82,11 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    with local_stack() as env, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tasks"
-        folder.mkdir()
-        (folder / "main.py").write_text(TASKS)
-        register(env, folder, "bench")
+    with stack_with_project(TASKS) as (env, _tmp):
         mn_first, mn_result = multinode_runs(args.runs)
         plain_first, plain_result = asyncio.run(plain_temporal(env["TEMPORAL_ADDRESS"], args.runs))
     print(summary("multinode: .start -> first line of user code", mn_first))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 import uuid
 from datetime import timedelta
@@ -20,7 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import local_stack, register  # noqa: E402
+from _stack import stack_with_project  # noqa: E402
 
 TASKS = """
 from multinode import Multinode
@@ -77,11 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=200)
     args = parser.parse_args()
-    with local_stack() as env, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tasks"
-        folder.mkdir()
-        (folder / "main.py").write_text(TASKS)
-        register(env, folder, "bench")
+    with stack_with_project(TASKS) as (env, _tmp):
         plain = asyncio.run(plain_run(env["TEMPORAL_ADDRESS"], args.count))
         mn = asyncio.run(multinode_run(args.count))
     n = args.count
