@@ -70,6 +70,17 @@ def slow_cleanup():
         print("slow cleanup finished", flush=True)
 
 @mn.function()
+def dies_during_cleanup(pid_file):
+    import os
+    from pathlib import Path
+    try:
+        Path(pid_file).write_text(str(os.getpid()))
+        time.sleep(3600)
+    finally:
+        print("cleaning up forever", flush=True)
+        time.sleep(3600)
+
+@mn.function()
 def child(i):
     time.sleep(3600)
 
@@ -205,3 +216,25 @@ def test_cancelling_a_parent_cancels_its_children(register, project_name: str, s
         child = children_fn.get(child_id)
         assert child.parent_invocation_id == parent_id and child.terminated
     assert LocalProvisioner(settings.home).running_handles() == []
+
+
+def test_container_crash_during_cleanup_does_not_leave_it_cancelling(
+    register, project_name: str, settings, tmp_path
+) -> None:
+    import os
+    import signal
+
+    register({"main.py": GRACEFUL})
+    fn = get_deployed_function(project_name, "dies_during_cleanup")
+    pid_file = tmp_path / "pid"
+    invocation_id = fn.start(str(pid_file))
+    pid = int(assert_eventually(lambda: pid_file.exists() and pid_file.read_text(), timeout=30))
+    fn.cancel(invocation_id)
+    assert_eventually(lambda: _logs_contain(fn, invocation_id, settings, "cleaning up forever"), timeout=10)
+    crashed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(InvocationCancelledError):
+        fn.await_result(invocation_id, timeout=30)
+    assert time.monotonic() - crashed_at < settings.grace_period_seconds  # not left waiting for the grace period
+    invocation = fn.get(invocation_id)
+    assert invocation.status == InvocationStatus.CANCELLED and invocation.terminated
