@@ -1,0 +1,114 @@
+# Multinode on AWS: one ECS Fargate task per execution of a task function.
+#
+# The control-plane worker (`mn worker`, MULTINODE_PROVISIONER=fargate) registers task definitions
+# and runs tasks in this cluster, with the function image from the functions ECR repository, the
+# task execution role (image pull, log writes), the task role (what user code may do in AWS), the
+# subnets and the security group below; the containers log to the functions log group.
+
+data "aws_partition" "current" {}
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  partition  = data.aws_partition.current.partition
+  account_id = data.aws_caller_identity.current.account_id
+
+  vpc_id           = var.create_vpc ? aws_vpc.this[0].id : var.vpc_id
+  subnet_ids       = var.create_vpc ? aws_subnet.public[*].id : var.subnet_ids
+  assign_public_ip = var.assign_public_ip != null ? var.assign_public_ip : var.create_vpc
+
+  # The environment of `mn worker` (the Fargate provisioner's settings).
+  worker_environment = merge(
+    {
+      MULTINODE_PROVISIONER             = "fargate"
+      MULTINODE_AWS_REGION              = var.region
+      MULTINODE_ECS_CLUSTER             = aws_ecs_cluster.this.name
+      MULTINODE_SUBNETS                 = join(",", local.subnet_ids)
+      MULTINODE_SECURITY_GROUPS         = aws_security_group.tasks.id
+      MULTINODE_ASSIGN_PUBLIC_IP        = local.assign_public_ip ? "true" : "false"
+      MULTINODE_TASK_EXECUTION_ROLE_ARN = aws_iam_role.task_execution.arn
+      MULTINODE_TASK_ROLE_ARN           = aws_iam_role.task.arn
+      MULTINODE_LOG_GROUP               = aws_cloudwatch_log_group.functions.name
+      MULTINODE_ECR_REPOSITORY          = aws_ecr_repository.functions.repository_url
+      MULTINODE_TASK_QUEUE              = var.task_queue
+    },
+    var.temporal_address == null ? {} : { TEMPORAL_ADDRESS = var.temporal_address },
+    var.temporal_namespace == null ? {} : { TEMPORAL_NAMESPACE = var.temporal_namespace },
+  )
+}
+
+# --- security group of the function containers ------------------------------------------------------
+
+resource "aws_security_group" "tasks" {
+  name_prefix = "${var.name_prefix}-tasks-"
+  description = "Multinode function containers: all egress (Temporal, ECR, CloudWatch Logs), no ingress."
+  vpc_id      = local.vpc_id
+
+  egress {
+    description      = "All outbound traffic"
+    from_port        = 0
+    to_port          = 0
+    protocol         = "-1"
+    cidr_blocks      = ["0.0.0.0/0"]
+    ipv6_cidr_blocks = ["::/0"]
+  }
+
+  tags = { Name = "${var.name_prefix}-tasks" }
+
+  lifecycle {
+    create_before_destroy = true
+
+    precondition {
+      condition     = var.create_vpc || (var.vpc_id != null && length(var.subnet_ids) > 0)
+      error_message = "Set vpc_id and subnet_ids to an existing VPC and its subnets, or set create_vpc = true."
+    }
+  }
+}
+
+# --- logs and images --------------------------------------------------------------------------------
+
+resource "aws_cloudwatch_log_group" "functions" {
+  name              = "/${var.name_prefix}/functions"
+  retention_in_days = var.log_retention_days
+}
+
+resource "aws_ecr_repository" "functions" {
+  name                 = "${var.name_prefix}/functions"
+  image_tag_mutability = var.ecr_image_tag_mutability
+  force_delete         = var.ecr_force_delete
+
+  image_scanning_configuration {
+    scan_on_push = var.ecr_scan_on_push
+  }
+}
+
+resource "aws_ecr_repository" "worker" {
+  name                 = "${var.name_prefix}/worker"
+  image_tag_mutability = var.ecr_image_tag_mutability
+  force_delete         = var.ecr_force_delete
+
+  image_scanning_configuration {
+    scan_on_push = var.ecr_scan_on_push
+  }
+}
+
+# --- ECS cluster ------------------------------------------------------------------------------------
+
+resource "aws_ecs_cluster" "this" {
+  name = var.name_prefix
+
+  setting {
+    name  = "containerInsights"
+    value = var.container_insights ? "enabled" : "disabled"
+  }
+}
+
+resource "aws_ecs_cluster_capacity_providers" "this" {
+  cluster_name       = aws_ecs_cluster.this.name
+  capacity_providers = var.enable_fargate_spot ? ["FARGATE", "FARGATE_SPOT"] : ["FARGATE"]
+
+  default_capacity_provider_strategy {
+    capacity_provider = "FARGATE"
+    weight            = 1
+  }
+}
