@@ -193,7 +193,8 @@ async def read_logs(
     chosen = execution_id or (known[-1] if known else None)
     if chosen is None:
         return LogsChunk(text="", offset=offset or "")
-    request = LogsRequest(provisioner=state.provisioner, execution_id=chosen, offset=offset)
+    handle = next((e.container_handle for e in state.executions if e.execution_id == chosen), None)
+    request = LogsRequest(provisioner=state.provisioner, execution_id=chosen, offset=offset, container_handle=handle)
     try:
         return await asyncio.wait_for(
             client.execute_workflow(

@@ -142,6 +142,8 @@ class ExecutionState:
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
     terminated: bool = False
+    container_handle: str | None = None
+    """The provisioner's handle of this execution's container (task ARN on Fargate)."""
 
 
 @dataclass
@@ -276,6 +278,8 @@ class LogsRequest:
     provisioner: str
     execution_id: str
     offset: str | None = None
+    container_handle: str | None = None
+    """The provisioner's handle, when known; else the execution id is used."""
     """Where the previous chunk ended; None for the beginning."""
 
 

@@ -105,13 +105,14 @@ class ProvisioningActivities:
             if status.state == "exited":
                 reason = status.reason
                 if status.exit_code not in (0, None) or "memory" in reason:
-                    logs, _ = await asyncio.to_thread(provisioner.logs, handle.handle_id)
+                    logs = await asyncio.to_thread(_last_chunk, provisioner, handle.handle_id)
                     tail = "\n".join(logs.strip().splitlines()[-LOG_LINES_IN_EXIT_REASON:])
                     if tail:
                         reason = f"{reason}; last output:\n{tail}"
                 return ContainerExit(exit_code=status.exit_code, reason=reason)
             activity.heartbeat()
             await asyncio.sleep(provisioner.status_poll_interval)
+            activity.heartbeat()
 
     @activity.defn(name=CANCEL_INVOCATIONS_ACTIVITY)
     async def cancel_invocations(self, invocation_ids: list[str]) -> None:
@@ -157,7 +158,8 @@ class ProvisioningActivities:
     @activity.defn(name=READ_LOGS_ACTIVITY)
     async def read_logs(self, request: LogsRequest) -> LogsChunk:
         provisioner = self._provisioner(request.provisioner)
-        text, offset = await asyncio.to_thread(provisioner.logs, request.execution_id, request.offset)
+        handle = request.container_handle or request.execution_id
+        text, offset = await asyncio.to_thread(provisioner.logs, handle, request.offset)
         return LogsChunk(text=text, offset=offset)
 
     @activity.defn(name=DEPROVISION_ACTIVITY)
@@ -174,3 +176,14 @@ class ProvisioningActivities:
             self.find_closed_invocations,
             self.read_logs,
         ]
+
+
+def _last_chunk(provisioner: Provisioner, handle_id: str, max_chunks: int = 50) -> str:
+    """The end of a container's output (its last two chunks), reading at most ``max_chunks`` chunks."""
+    previous, last, offset = "", "", None
+    for _ in range(max_chunks):
+        text, next_offset = provisioner.logs(handle_id, offset)
+        if not text or next_offset == offset:
+            break
+        previous, last, offset = last, text, next_offset
+    return previous + last

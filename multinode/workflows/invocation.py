@@ -247,9 +247,10 @@ class InvocationWorkflow:
                     retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"]),
                 )
             )
+            assert handle is not None
+            execution.container_handle = handle.handle_id
             if self._cancel_requested:
                 raise _AttemptEnd("CANCELLED")
-            assert handle is not None
             self._current_execution = execution.execution_id
             output = await self._run_in_container(execution, handle)
             self._state.result = output.result
@@ -299,8 +300,9 @@ class InvocationWorkflow:
             handle,
             result_type=ContainerExit,
             start_to_close_timeout=self._input.config.timeout + CONTAINER_START_TIMEOUT + grace * 2,
-            # A watch whose control-plane worker died is retried on another one after this long.
-            heartbeat_timeout=timedelta(seconds=10),
+            # A watch whose control-plane worker died is retried on another one after this long (it
+            # must outlast one status call to a throttled cloud API).
+            heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_FOREVER,
         )
         self._watch = watch
