@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode._settings import MultinodeSettings
-from multinode.errors import MultinodeError, TemporalUnreachableError
+from multinode.errors import ConfigurationError, MultinodeError, TemporalUnreachableError
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long to try to reach Temporal before failing with advice on how to start it."""
@@ -37,7 +37,11 @@ async def get_client(settings: MultinodeSettings) -> Client:
 
 async def connect(settings: MultinodeSettings) -> Client:
     try:
-        return await asyncio.wait_for(Client.connect(**settings.connect_kwargs()), CONNECT_TIMEOUT_SECONDS)
+        kwargs = settings.connect_kwargs()
+    except OSError as exc:  # a certificate file named in the TLS settings cannot be read
+        raise ConfigurationError(f"Cannot read a file of the Temporal TLS settings: {exc}") from exc
+    try:
+        return await asyncio.wait_for(Client.connect(**kwargs), CONNECT_TIMEOUT_SECONDS)
     except asyncio.TimeoutError as exc:
         raise TemporalUnreachableError(
             settings.temporal_address, settings.temporal_namespace, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
@@ -46,12 +50,37 @@ async def connect(settings: MultinodeSettings) -> Client:
         raise TemporalUnreachableError(settings.temporal_address, settings.temporal_namespace, _short(exc)) from exc
 
 
+_CAUSES = (
+    ("ConnectionRefused", "connection refused"),
+    ("dns error", "unknown host"),
+    (
+        "UnknownIssuer",
+        "the server's TLS certificate is not signed by a trusted CA (set TEMPORAL_TLS_SERVER_CA_CERT_PATH)",
+    ),
+    ("NotValidForName", "the server's TLS certificate does not match its name (set TEMPORAL_TLS_SERVER_NAME)"),
+    ("InvalidContentType", "the server does not speak TLS (unset TEMPORAL_TLS)"),
+    ("close_notify", "the server closed the TLS handshake (does it require a client certificate?)"),
+    ("unexpected EOF", "the server closed the connection (does it require TLS or a client certificate?)"),
+    ("transport error", "the connection failed (does the server require TLS or a client certificate?)"),
+)
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc)
-    for marker, summary in (("ConnectionRefused", "connection refused"), ("dns error", "unknown host")):
+    """A readable cause; Temporal's native client reports connection failures as long debug strings."""
+    text = " ".join(str(e) for e in _chain(exc))
+    for marker, summary in _CAUSES:
         if marker in text:
             return summary
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    first = str(exc)
+    return first.splitlines()[0][:160] if first else type(exc).__name__
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    found: list[BaseException] = []
+    while exc is not None and len(found) < 10:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,6 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
+
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from multinode._protocol import SEARCH_ATTRIBUTES
 from multinode.errors import MultinodeError
@@ -78,6 +82,7 @@ class DevServer:
         self.db_file = db_file
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -98,7 +103,8 @@ class DevServer:
     def start(self) -> None:
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._log_handle = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
+        out = self._log_handle if self._log_handle is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
             self.command(),
             stdout=out,
@@ -118,8 +124,28 @@ class DevServer:
                 self.stop()
                 raise MultinodeError(f"The Temporal dev server did not listen on {self.port} within 60 s.")
             time.sleep(0.05)
+        # Listening is not serving yet ("Frontend is not healthy yet"): wait for its health check.
+        asyncio.run(self._wait_healthy(deadline))
+
+    async def _wait_healthy(self, deadline: float) -> None:
+        from temporalio.client import Client
+
+        while True:
+            try:
+                client = await Client.connect(self.address)
+                if await client.service_client.check_health():
+                    await client.workflow_service.get_system_info(GetSystemInfoRequest())
+                    return
+            except Exception as exc:  # not ready yet
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise MultinodeError(f"The Temporal dev server did not become healthy within 60 s: {exc}") from exc
+            await asyncio.sleep(0.1)
 
     def stop(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)

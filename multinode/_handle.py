@@ -161,7 +161,11 @@ class DeployedFunction:
         return run_sync(self.get_async(invocation_id))
 
     async def list_async(self, offset: str | None = None) -> InvocationIdsList:
-        """The 50 newest invocation ids of this function (all versions), then the next page's offset."""
+        """The 50 newest invocation ids of this function (all versions), then the next page's offset.
+
+        It reads Temporal's visibility store, which is eventually consistent: an invocation started a
+        moment ago may not be listed yet (usually well under a second).
+        """
         return await list_page(await self._client(), self.project_name, self.function_name, offset)
 
     def list(self, offset: str | None = None) -> InvocationIdsList:

@@ -74,6 +74,7 @@ class MultinodeSettings(BaseModel):
                 profile = dict(ClientConfigProfile.load(override_env_vars=dict(env)).to_dict())
             except Exception as exc:  # envconfig raises plain errors for a bad temporal.toml
                 raise ConfigurationError(f"Could not load the Temporal client configuration: {exc}") from exc
+            _absolute_tls_paths(profile)
         return cls(
             temporal_profile=profile,
             task_queue=env.get("MULTINODE_TASK_QUEUE") or DEFAULT_TASK_QUEUE,
@@ -114,6 +115,18 @@ class MultinodeSettings(BaseModel):
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _absolute_tls_paths(profile: dict[str, Any]) -> None:
+    """Certificate paths relative to this process's directory, made absolute: containers start in
+    their own folder and receive the profile as it is."""
+    tls = profile.get("tls")
+    if not isinstance(tls, dict):
+        return
+    for key in ("server_ca_cert", "client_cert", "client_key"):
+        source = tls.get(key)
+        if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"]:
+            source["path"] = os.path.abspath(source["path"])
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -107,20 +107,34 @@ def test_tight_loop_of_yields_keeps_history_small(register, project_name: str, s
     assert asyncio.run(history_length()) < 2_000
 
 
-def test_list_pages_through_120_invocations(register, project_name: str) -> None:
+def test_list_pages_through_120_invocations(register, project_name: str, settings: MultinodeSettings) -> None:
     register({"main.py": GUIDE_PROGRESS})
     fn = get_deployed_function(project_name, "quick")
     started = [fn.start(i) for i in range(120)]
+    try:
+        _check_pages(fn, started, settings)
+    finally:
+        for invocation_id in started:  # most still wait for a slot: they end without a container
+            fn.cancel(invocation_id)
+        for invocation_id in started:
+            assert_eventually(lambda i=invocation_id: fn.get(i).terminated, timeout=60)
+
+
+def _check_pages(fn, started: list[str], settings: MultinodeSettings) -> None:  # noqa: ANN001
+    async def visible() -> int:
+        client = await Client.connect(settings.temporal_address)
+        return (
+            await client.count_workflows(f"MultinodeFunction = 'quick' AND MultinodeProject = '{fn.project_name}'")
+        ).count
+
+    # Visibility is eventually consistent: under load the newest starts can take a moment to be listed.
+    assert_eventually(lambda: asyncio.run(visible()) == 120, timeout=30)
     first = fn.list()
     assert len(first.invocation_ids) == 50 and first.offset
     second = fn.list(offset=first.offset)
     third = fn.list(offset=second.offset)
     assert len(second.invocation_ids) == 50 and len(third.invocation_ids) == 20 and third.offset is None
     assert first.invocation_ids + second.invocation_ids + third.invocation_ids == started[::-1]
-    for invocation_id in started:  # most still wait for a slot: they end without a container
-        fn.cancel(invocation_id)
-    for invocation_id in started:
-        assert_eventually(lambda i=invocation_id: fn.get(i).terminated, timeout=60)
 
 
 def test_search_attributes_and_memo_through_temporal_cli(
