@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -197,15 +198,10 @@ def test_cancelling_a_parent_cancels_its_children(register, project_name: str, s
     fn = get_deployed_function(project_name, "parent")
     children_fn = get_deployed_function(project_name, "child")
     parent_id = fn.start()
-    assert_eventually(lambda: _logs_contain(fn, parent_id, settings, "children"), timeout=30)
-    children = assert_eventually(
-        lambda: (
-            [i for i in children_fn.list().invocation_ids if children_fn.get(i).status == InvocationStatus.RUNNING]
-            if len(children_fn.list().invocation_ids) == 3
-            else None
-        ),
-        timeout=30,
-    )
+    assert_eventually(lambda: _logs_contain(fn, parent_id, settings, "children"), timeout=60)
+    logs, _ = LocalProvisioner(settings.home).logs(fn.get(parent_id).executions[0].execution_id)
+    children = re.findall(r"inv-[0-9a-f]{32}", logs)
+    assert_eventually(lambda: all(children_fn.get(i).status == InvocationStatus.RUNNING for i in children), timeout=60)
     assert len(children) == 3
     fn.cancel(parent_id)
     with pytest.raises(InvocationCancelledError):
