@@ -34,6 +34,7 @@ from multinode.errors import (
     InvocationNotFoundError,
     InvocationTimedOutError,
     NotFoundError,
+    PayloadError,
 )
 
 
@@ -120,6 +121,15 @@ def _decode_result(value: Any) -> Any:
     return None if value is None else _serialization.decode(json.dumps(value))
 
 
+def _decode_for_display(value: Any) -> Any:
+    """The result for ``.get()``: decoded, or its raw JSON when this program lacks one of its classes
+    (so the status can still be read; ``.await_result`` raises the PayloadError instead)."""
+    try:
+        return _decode_result(value)
+    except PayloadError:
+        return value
+
+
 def _details(info: ErrorInfo | None) -> ErrorDetails | None:
     return None if info is None else ErrorDetails(type=info.type, message=info.message, traceback=info.traceback)
 
@@ -128,7 +138,7 @@ def to_invocation(state: InvocationState) -> Invocation:
     return Invocation(
         invocation_id=state.invocation_id,
         status=InvocationStatus(state.status),
-        result=_decode_result(state.result),
+        result=_decode_for_display(state.result),
         error=_details(state.error),
         terminated=state.terminated,
         num_failed_attempts=state.num_failed_attempts,

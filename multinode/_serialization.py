@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
+import sysconfig
 from typing import Any
 
 import jsonpickle
+from jsonpickle.errors import ClassNotFoundError
 
 from multinode.errors import PayloadError
 
@@ -46,7 +49,15 @@ def encode(value: Any, *, what: str) -> str:
 
 def decode(text: str) -> Any:
     """Unpickle ``text``, finding classes by name when their module path differs between codebases."""
-    return jsonpickle.decode(text, keys=True, classes=_fallback_classes(text), on_missing="error")
+    try:
+        return jsonpickle.decode(text, keys=True, classes=_fallback_classes(text), on_missing="error")
+    except (Exception, ClassNotFoundError) as exc:  # ClassNotFoundError is a BaseException
+        found = re.search(r"could not find ([\w.]+)", str(exc))
+        missing = found.group(1) if found else str(exc)
+        raise PayloadError(
+            f"The value holds an instance of {missing}, which this program does not define. Define a class "
+            f"of that name (Multinode finds it by name in __main__, main or your own modules), or pass plain data."
+        ) from exc
 
 
 def _first_lost(original: Any, decoded: Any, depth: int = 0) -> Any:
@@ -128,10 +139,24 @@ def _import_path(path: str) -> Any:
 
 
 def _find_by_name(path: str) -> type | None:
+    """A class of that name in ``__main__``, ``main`` or another module of the program's own code
+    (never the standard library or an installed package, where a same-named class is unrelated)."""
     name = path.rpartition(".")[2]
     preferred = [sys.modules.get("__main__"), sys.modules.get("main")]
-    for module in [*preferred, *list(sys.modules.values())]:
+    for module in [*preferred, *[m for m in list(sys.modules.values()) if _is_own_code(m)]]:
         candidate = getattr(module, name, None) if module is not None else None
         if isinstance(candidate, type) and candidate.__module__ == getattr(module, "__name__", None):
             return candidate
     return None
+
+
+def _is_own_code(module: Any) -> bool:
+    path = getattr(module, "__file__", None)
+    if not path or getattr(module, "__name__", "").startswith(("multinode", "temporalio")):
+        return False
+    return not any(path.startswith(root) for root in _library_roots())
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})

@@ -24,6 +24,9 @@ from multinode.workflows import InvocationWorkflow, LogsWorkflow, ProjectWorkflo
 
 logger = logging.getLogger("multinode.worker")
 
+MAX_CONCURRENT_ACTIVITIES = 2_000
+"""Activities one control-plane worker runs at once (each running invocation holds one watch)."""
+
 
 async def ensure_search_attributes(client: Client) -> None:
     """Register Multinode's search attributes on the namespace if they are missing."""
@@ -56,6 +59,9 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
         task_queue=settings.task_queue,
         workflows=[InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow],
         activities=activities.all(),
+        # Every running invocation holds a long watch activity here (async, cheap): the default of
+        # 100 would let watches starve provisioning and deprovisioning.
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode.errors import InvocationFailedError
+from multinode.errors import InvocationFailedError, PayloadError
 from tests.helpers import assert_eventually
 
 VERSIONED = """
@@ -206,3 +206,66 @@ def test_start_is_fast_and_result_arrives(register, project_name: str) -> None:
     invocation_id = fn.start()
     assert time.monotonic() - began < 5
     assert fn.await_result(invocation_id, timeout=60) is None
+
+
+def test_result_of_a_class_the_application_lacks(register, project_name: str) -> None:
+    register(
+        {
+            "main.py": """
+            from multinode import Multinode
+
+            mn = Multinode()
+
+            class Report:
+                def __init__(self, total):
+                    self.total = total
+
+            @mn.function()
+            def report(n):
+                return Report(n)
+            """
+        }
+    )
+    fn = get_deployed_function(project_name, "report")
+    invocation_id = fn.start(3)
+    with pytest.raises(PayloadError, match="instance of main.Report, which this program does not define"):
+        fn.await_result(invocation_id, timeout=60)
+    invocation = fn.get(invocation_id)  # the status stays readable; the result is its raw JSON
+    assert invocation.status == InvocationStatus.SUCCEEDED
+    assert invocation.result == {"py/object": "main.Report", "total": 3}
+
+
+def test_processes_started_by_user_code_do_not_outlive_the_container(register, project_name: str, tmp_path) -> None:
+    register(
+        {
+            "main.py": """
+            import os
+            import subprocess
+            from pathlib import Path
+            from multinode import Multinode
+
+            mn = Multinode()
+
+            @mn.function()
+            def leaves_a_child(pid_file):
+                child = subprocess.Popen(["sleep", "300"])
+                Path(pid_file).write_text(str(child.pid))
+                os._exit(0)
+            """
+        }
+    )
+    fn = get_deployed_function(project_name, "leaves_a_child")
+    pid_file = tmp_path / "pid"
+    invocation_id = fn.start(str(pid_file))
+    assert_eventually(lambda: fn.get(invocation_id).status.is_final, timeout=60)
+    pid = int(pid_file.read_text())
+
+    def gone() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+    assert_eventually(gone, timeout=10)
+    assert fn.get(invocation_id).terminated

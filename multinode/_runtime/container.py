@@ -274,9 +274,15 @@ class ContainerActivities:
                     pass
         except asyncio.CancelledError:
             self.runner.interrupt("cancelled")
-            try:
-                await asyncio.wait_for(asyncio.shield(done.wait()), run.grace_period_seconds)
-            except asyncio.TimeoutError:
+            deadline = loop.time() + run.grace_period_seconds
+            while not done.is_set() and loop.time() < deadline:
+                # Keep heartbeating: the grace period may be longer than the heartbeat timeout.
+                activity.heartbeat()
+                try:
+                    await asyncio.wait_for(asyncio.shield(done.wait()), HEARTBEAT_INTERVAL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+            if not done.is_set():
                 _log("the function did not stop within the grace period")
             raise
         finally:

@@ -51,6 +51,30 @@ def _rss_mib(pids: list[int]) -> float:
     return total_kib / 1024
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (from /proc), the calling one excluded."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _kill_leftovers() -> None:
+    """Processes the container started (in its process group) do not outlive it."""
+    for pid in group_members(os.getpgid(0)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _write_exit(state_dir: Path, exit_code: int | None, reason: str) -> None:
     tmp = state_dir / "exit.json.tmp"
     tmp.write_text(json.dumps({"exit_code": exit_code, "reason": reason}))
@@ -85,6 +109,7 @@ def main() -> int:
                 except ProcessLookupError:
                     pass
             child.wait()
+            _kill_leftovers()
             _write_exit(
                 state_dir,
                 -signal.SIGKILL,
@@ -94,6 +119,7 @@ def main() -> int:
             return 137
         time.sleep(POLL_SECONDS)
     code = child.returncode
+    _kill_leftovers()
     if code < 0:
         reason = f"killed by signal {signal.Signals(-code).name}"
     elif code == 0:

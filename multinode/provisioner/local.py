@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from multinode.errors import ProvisionerError
+from multinode.provisioner._local_shim import group_members
 from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
 from multinode.provisioner.local_build import LocalVersionStore
 
@@ -100,16 +101,18 @@ class LocalProvisioner(Provisioner):
         state = _read_json(state_dir / "state.json")
         if state is None:
             return
-        if self._alive(state):
-            try:
-                os.killpg(int(state["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + STOP_WAIT_SECONDS
-            while self._alive(state):
-                if time.monotonic() > deadline:
-                    raise ProvisionerError(f"Container {handle_id} did not stop within {STOP_WAIT_SECONDS:g} s.")
-                time.sleep(0.02)
+        # The whole process group, even when the supervisor is gone: what the user code started too.
+        pgid = int(state["pid"])
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while self._alive(state) or group_members(pgid):
+            for pid in group_members(pgid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise ProvisionerError(f"Container {handle_id} did not stop within {STOP_WAIT_SECONDS:g} s.")
+            time.sleep(0.02)
         if not (state_dir / "exit.json").exists():
             _write_json(state_dir / "exit.json", {"exit_code": -signal.SIGKILL, "reason": "stopped by Multinode"})
 

@@ -48,7 +48,7 @@ def _ignored(name: str) -> bool:
 def tasks_files(tasks_dir: Path) -> list[Path]:
     """The files of a tasks folder that make up a version, sorted."""
     files: list[Path] = []
-    for root, dirs, names in os.walk(tasks_dir):
+    for root, dirs, names in os.walk(tasks_dir, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not _ignored(d))
         files.extend(Path(root, n) for n in sorted(names) if not _ignored(n))
     return files

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    TimeoutError,
+    TimeoutType,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
@@ -59,6 +66,8 @@ RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 call that holds the GIL stops heartbeats; a container that dies is noticed at once by the watch."""
 EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
 """After a container exits, how long to wait for its run activity's own completion to arrive."""
+SLOT_REQUEST_REPEAT = timedelta(minutes=5)
+"""While waiting for a concurrency slot, how often the request is sent again."""
 WATCH_END_WAIT = timedelta(seconds=10)
 """After deprovisioning, how long to wait for the watch activity to see the container gone."""
 PROGRESS_SIGNAL_BUDGET = 4_000
@@ -168,14 +177,21 @@ class InvocationWorkflow:
             for attempt in range(1, max_attempts + 1):
                 execution = await self._run_attempt(attempt)
                 status, error = execution.status, execution.error
-                if status != "FAILED":
+                if status == "FAILED":
+                    self._state.num_failed_attempts += 1
+                if status != "FAILED" or self._cancel_requested:
                     break
-                self._state.num_failed_attempts += 1
                 if attempt < max_attempts:
                     self._set_status("PENDING")
                     await workflow.sleep(_backoff(attempt))
         except asyncio.CancelledError:
             status, error = "CANCELLED", None  # cancelled while no container existed
+        except ActivityError as err:
+            if not is_cancelled_exception(err):
+                raise
+            status, error = "CANCELLED", None  # cancelled while asking for a slot
+        if self._cancel_requested and status == "FAILED":
+            status, error = "CANCELLED", None  # a cancel absorbed while (de)provisioning a failed attempt
         if status in ("CANCELLED", "TIMED_OUT"):
             self._cancel_requested = True
             self._start_cancelling_children()
@@ -191,21 +207,29 @@ class InvocationWorkflow:
     # --- concurrency slot ---------------------------------------------------------------------
 
     async def _acquire_slot(self) -> None:
-        """Wait (PENDING) for one of the function's ``max_concurrency`` slots; held across retries."""
-        await workflow.execute_activity(
-            REQUEST_SLOT_ACTIVITY,
-            RequestSlotInput(
-                quota_id=self._quota_id,
-                request=SlotRequest(
-                    invocation_id=self._state.invocation_id,
-                    created_at=self._state.created_at.isoformat(),
-                    max_concurrency=self._input.config.max_concurrency,
+        """Wait (PENDING) for one of the function's ``max_concurrency`` slots; held across retries.
+
+        The request is repeated now and then (it is idempotent): a quota workflow that lost its state
+        (terminated by hand, say) learns of the waiting invocation again.
+        """
+        while not self._slot_granted:
+            await workflow.execute_activity(
+                REQUEST_SLOT_ACTIVITY,
+                RequestSlotInput(
+                    quota_id=self._quota_id,
+                    request=SlotRequest(
+                        invocation_id=self._state.invocation_id,
+                        created_at=self._state.created_at.isoformat(),
+                        max_concurrency=self._input.config.max_concurrency,
+                    ),
                 ),
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FOREVER,
-        )
-        await workflow.wait_condition(lambda: self._slot_granted)
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_FOREVER,
+            )
+            try:
+                await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_REPEAT)
+            except asyncio.TimeoutError:
+                pass
 
     async def _release_slot(self) -> None:
         """Give the slot back, or withdraw from the queue; both are no-ops if neither holds."""
@@ -259,6 +283,9 @@ class InvocationWorkflow:
             execution.status, execution.error = end.status, end.error
         except ActivityError as err:  # provisioning failed for good
             execution.status, execution.error = "FAILED", _error_from(err, "ProvisionerError")
+        except asyncio.CancelledError:
+            execution.status = "CANCELLED"  # cancelled while waiting on a container that had stopped
+            raise
         finally:
             self._current_execution = None
             execution.finished_at = workflow.now()
@@ -345,7 +372,7 @@ class InvocationWorkflow:
         would leave it to report to a closed workflow."""
         watch, self._watch = self._watch, None
         if watch is not None and not watch.done():
-            await _settle([watch], WATCH_END_WAIT)
+            await self._uncancellable(_settle([watch], WATCH_END_WAIT))
             if not watch.done():
                 watch.cancel()
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
@@ -67,11 +68,23 @@ class QuotaWorkflow:
 
     @workflow.run
     async def run(self, state: QuotaState) -> None:
+        next_check = workflow.now() + RECONCILE_INTERVAL
         while True:
             await self._grant()
             self._changed = False
             idle = not self._state.holders and not self._state.waiting
-            timeout = IDLE_BEFORE_EXIT if idle else RECONCILE_INTERVAL if self._state.waiting else None
+            if self._state.waiting and workflow.now() >= next_check:
+                # On a deadline that signals do not push back: under steady traffic the wait below
+                # never times out, and a leaked slot would shrink the quota for good.
+                await self._forget_closed_holders()
+                next_check = workflow.now() + RECONCILE_INTERVAL
+                continue
+            if idle:
+                timeout: timedelta | None = IDLE_BEFORE_EXIT
+            elif self._state.waiting:
+                timeout = max(next_check - workflow.now(), timedelta(seconds=1))
+            else:
+                timeout = None
             try:
                 await workflow.wait_condition(lambda: self._changed, timeout=timeout)
             except asyncio.TimeoutError:
@@ -79,8 +92,6 @@ class QuotaWorkflow:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if not self._state.holders and not self._state.waiting:
                         return
-                else:
-                    await self._forget_closed_holders()
             if workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._state)
@@ -95,12 +106,16 @@ class QuotaWorkflow:
                 self.release(request.invocation_id)
 
     async def _forget_closed_holders(self) -> None:
-        closed = await workflow.execute_activity(
-            FIND_CLOSED_ACTIVITY,
-            list(self._state.holders),
-            result_type=list[str],
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=3),
-        )
+        try:
+            closed = await workflow.execute_activity(
+                FIND_CLOSED_ACTIVITY,
+                list(self._state.holders),
+                result_type=list[str],
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as err:  # try again at the next check; never fail the quota itself
+            workflow.logger.warning("checking the holders of %s failed: %s", self._state.quota_id, err)
+            return
         for invocation_id in closed:
             self.release(invocation_id)
