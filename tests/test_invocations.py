@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.helpers import assert_eventually
 
 VERSIONED = """
 import time
+from pathlib import Path
 from multinode import Multinode
 
 mn = Multinode()
