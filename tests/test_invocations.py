@@ -14,7 +14,6 @@ from tests.helpers import assert_eventually
 
 VERSIONED = """
 import time
-from pathlib import Path
 from multinode import Multinode
 
 mn = Multinode()
