@@ -39,11 +39,10 @@ def local_stack() -> Iterator[dict[str, str]]:
     )
     try:
         deadline = time.monotonic() + 60
-        while b"Control-plane worker" not in (home / "dev.log").read_bytes():
+        while b"Control-plane worker ready" not in (home / "dev.log").read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((home / "dev.log").read_text())
             time.sleep(0.1)
-        time.sleep(1.0)  # the worker polls shortly after it prints
         os.environ.update(env)
         yield env
     finally:

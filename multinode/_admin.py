@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from multinode import _invocations
 from multinode._client import get_client
 from multinode._handle import list_page
 from multinode._protocol import INVOCATION_WORKFLOW, SA_PROJECT
-from multinode._registry import check_project_name, delete_project, read_project
+from multinode._registry import check_project_name, delete_project
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList, InvocationStatus
 from multinode.errors import ValidationError
@@ -24,9 +25,17 @@ async def get_invocation(settings: MultinodeSettings, invocation_id: str) -> Inv
 
 async def cancel_invocation(settings: MultinodeSettings, invocation_id: str) -> None:
     client = await get_client(settings)
-    description = await _invocations.describe(client, invocation_id)
-    if description.status == WorkflowExecutionStatus.RUNNING:
-        await client.get_workflow_handle(invocation_id, run_id=description.run_id).cancel()
+    await _invocations.describe(client, invocation_id)  # unknown ids are an error
+    await _cancel_quietly(client, invocation_id)
+
+
+async def _cancel_quietly(client: Client, invocation_id: str) -> None:
+    """Cancel; an invocation that has just finished (or is gone) is not an error."""
+    try:
+        await client.get_workflow_handle(invocation_id).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND and "already completed" not in str(exc).lower():
+            raise
 
 
 async def list_invocations(
@@ -43,11 +52,11 @@ async def list_invocations(
 
 async def delete_project_and_invocations(settings: MultinodeSettings, project: str) -> int:
     client = await get_client(settings)
-    await read_project(client, project)
+    # Delete first, so that no new invocation starts; then cancel what is in flight.
+    await delete_project(client, settings, project)
     query = f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{project}' AND ExecutionStatus = 'Running'"
     ids = [wf.id async for wf in client.list_workflows(query)]
-    await asyncio.gather(*(client.get_workflow_handle(i).cancel() for i in ids))
-    await delete_project(client, settings, project)
+    await asyncio.gather(*(_cancel_quietly(client, i) for i in ids))
     return len(ids)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -81,6 +82,25 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
         found.append(exc)
         exc = exc.__cause__ or exc.__context__
     return found
+
+
+def rpc_boundary(method: Callable[..., Awaitable[_T]]) -> Callable[..., Coroutine[Any, Any, _T]]:
+    """SDK methods raise Multinode errors, not Temporal's raw ``RPCError`` (the method's object must
+    have ``settings``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await method(self, *args, **kwargs)
+        except RPCError as exc:
+            settings: MultinodeSettings = self.settings
+            if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise TemporalUnreachableError(
+                    settings.temporal_address, settings.temporal_namespace, _short(exc)
+                ) from exc
+            raise MultinodeError(f"Temporal refused the request ({exc.status.name}): {exc.message}") from exc
+
+    return wrapper
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.service import RPCError
 
 from multinode import _invocations, _serialization
-from multinode._client import get_client, is_not_found, run_sync
+from multinode._client import get_client, is_not_found, rpc_boundary, run_sync
 from multinode._listing import newest_first
 from multinode._protocol import (
     CHILD_STARTED_SIGNAL,
@@ -91,6 +91,7 @@ class DeployedFunction:
 
     # --- start --------------------------------------------------------------------------------
 
+    @rpc_boundary
     async def start_async(self, *args: Any, **kwargs: Any) -> str:
         """Start an invocation and return its id; it runs in a container of its own."""
         client = await self._client()
@@ -152,6 +153,7 @@ class DeployedFunction:
 
     # --- inspect ------------------------------------------------------------------------------
 
+    @rpc_boundary
     async def get_async(self, invocation_id: str) -> Invocation:
         client = await self._client()
         state = await _invocations.read_state(client, invocation_id, self.settings.worker_wait_seconds)
@@ -160,6 +162,7 @@ class DeployedFunction:
     def get(self, invocation_id: str) -> Invocation:
         return run_sync(self.get_async(invocation_id))
 
+    @rpc_boundary
     async def list_async(self, offset: str | None = None) -> InvocationIdsList:
         """The 50 newest invocation ids of this function (all versions), then the next page's offset.
 
@@ -171,6 +174,7 @@ class DeployedFunction:
     def list(self, offset: str | None = None) -> InvocationIdsList:
         return run_sync(self.list_async(offset))
 
+    @rpc_boundary
     async def logs_async(self, invocation_id: str, execution_id: str | None = None) -> str:
         """What the invocation's code printed (stdout and stderr), for its latest or a given execution."""
         client = await self._client()
@@ -182,6 +186,7 @@ class DeployedFunction:
 
     # --- wait and cancel ----------------------------------------------------------------------
 
+    @rpc_boundary
     async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> Any:
         """Wait for the invocation to end; return its result or raise how it ended."""
         client = await self._client()
@@ -194,6 +199,7 @@ class DeployedFunction:
     def await_result(self, invocation_id: str, timeout: float | None = None) -> Any:
         return run_sync(self.await_result_async(invocation_id, timeout))
 
+    @rpc_boundary
     async def cancel_async(self, invocation_id: str) -> None:
         """Cancel the invocation; a no-op when it already ended or is being cancelled."""
         client = await self._client()
@@ -211,6 +217,7 @@ class DeployedFunction:
 
     # --- conveniences -------------------------------------------------------------------------
 
+    @rpc_boundary
     async def call_remote_async(self, *args: Any, **kwargs: Any) -> Any:
         invocation_id = await self.start_async(*args, **kwargs)
         return await self.await_result_async(invocation_id)

@@ -41,10 +41,10 @@ def test_register_invoke_get_list_logs_describe_delete(worker, project_name: str
     described = json.loads(mn("describe", project_name, "greet", "--json").stdout)
     assert described["function"]["config"]["memory_mib"] == 256
 
-    runner = CliRunner()
+    runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
     result = runner.invoke(app, ["invoke", "greet", '"Ada"', "--project", project_name, "--follow", "--json"])
     assert result.exit_code == 0, result.output
-    invocation = json.loads(result.output[result.output.index("{") :])
+    invocation = json.loads(result.stdout)
     assert invocation["status"] == "SUCCEEDED" and invocation["result"] == "hello Ada!"
     invocation_id = invocation["invocation_id"]
 

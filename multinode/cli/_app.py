@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import signal
+import threading
 import time
 from datetime import datetime
 from enum import Enum
@@ -26,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PROJECT", help="Project name.")]
@@ -40,7 +42,13 @@ def _serve_until_signalled(settings: MultinodeSettings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_worker(settings, stop)
+        started = threading.Event()
+        worker = asyncio.ensure_future(run_worker(settings, stop, started))
+        while not started.is_set() and not worker.done():
+            await asyncio.sleep(0.05)
+        if started.is_set():
+            console.print(f"Control-plane worker ready on task queue {settings.task_queue!r}. Ctrl-C stops it.")
+        await worker
 
     asyncio.run(serve())
     console.print("Stopped.")
@@ -111,7 +119,6 @@ def dev(
         with console.status("Starting the Temporal dev server..."):
             server.start()
         console.print(f"Temporal dev server at 127.0.0.1:{port}, Web UI at http://localhost:{ui_port}")
-    console.print(f"Control-plane worker on task queue {settings.task_queue!r}. Press Ctrl-C to stop.")
     try:
         _serve_until_signalled(settings)
     finally:
@@ -285,15 +292,16 @@ def invoke(
     if not wait:
         _print_json({"invocation_id": invocation_id}) if as_json else print(invocation_id)
         return
-    console.print(f"Invocation {invocation_id}")
+    out = err_console if as_json else console  # with --json, stdout holds only the JSON
+    out.print(f"Invocation {invocation_id}")
     last_status = None
-    with console.status("PENDING") as status:
+    with out.status("PENDING") as status:
         while True:
             inv = fn.get(invocation_id)
             text = f"{inv.status.value}" + (f"  progress: {inv.result!r}" if inv.result is not None else "")
             status.update(text)
             if inv.status != last_status:
-                console.print(f"{_when(datetime.now())}  {inv.status.value}")
+                out.print(f"{_when(datetime.now())}  {inv.status.value}")
                 last_status = inv.status
             if inv.status.is_final:
                 break
