@@ -96,8 +96,9 @@ class DeployedFunction:
         """Start an invocation and return its id; it runs in a container of its own."""
         client = await self._client()
         version, record = await self._record(client)
-        _check_arguments(record, args, kwargs)
-        payload = _serialization.encode({"args": list(args), "kwargs": kwargs}, what="The arguments")
+        return await self._start_checked(client, version, record, _encode_arguments(record, args, kwargs))
+
+    async def _start_checked(self, client: Client, version: VersionRecord, record: FunctionRecord, payload: str) -> str:
         invocation_id = f"inv-{uuid.uuid4().hex}"
         parent = os.environ.get(ENV_INVOCATION_ID) or None
         pairs = [
@@ -243,14 +244,20 @@ class DeployedFunction:
     def map(self, iterable: Iterable[Any]) -> Iterator[Any]:
         return self.starmap((item,) for item in iterable)
 
+    @rpc_boundary
     async def _start_many(self, arg_tuples: builtins.list[tuple[Any, ...]]) -> builtins.list[str]:
+        """Resolve the version once and check every input before starting anything: a bad item must
+        not leave the others running unseen."""
+        client = await self._client()
+        version, record = await self._record(client)
+        payloads = [_encode_arguments(record, args, {}) for args in arg_tuples]
         gate = asyncio.Semaphore(MAP_START_CONCURRENCY)
 
-        async def start_one(args: tuple[Any, ...]) -> str:
+        async def start_one(payload: str) -> str:
             async with gate:
-                return await self.start_async(*args)
+                return await self._start_checked(client, version, record, payload)
 
-        return builtins.list(await asyncio.gather(*(start_one(args) for args in arg_tuples)))
+        return builtins.list(await asyncio.gather(*(start_one(p) for p in payloads)))
 
 
 async def list_page(
@@ -268,6 +275,11 @@ async def list_page(
     except ValueError as exc:
         raise ValidationError(f"offset={offset!r} is not an offset returned by .list().") from exc
     return InvocationIdsList(invocation_ids=ids, offset=next_offset)
+
+
+def _encode_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    _check_arguments(record, args, kwargs)
+    return _serialization.encode({"args": list(args), "kwargs": kwargs}, what="The arguments")
 
 
 def _check_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "TemporalUnreachableError",
     "ValidationError",
     "VersionNotFoundError",
+    "VersionNotStoredError",
 ]
 
 
@@ -140,6 +141,10 @@ class AwaitTimeoutError(MultinodeError, TimeoutError):
 
 class ProvisionerError(MultinodeError):
     """A container could not be built, started, inspected or stopped."""
+
+
+class VersionNotStoredError(ProvisionerError):
+    """The local provisioner's home does not hold the version to run (registered on another machine)."""
 
 
 # --- invocation outcomes ----------------------------------------------------------------------

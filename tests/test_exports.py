@@ -42,6 +42,7 @@ def test_error_hierarchy() -> None:
         "TemporalUnreachableError",
         "ValidationError",
         "VersionNotFoundError",
+        "VersionNotStoredError",
     ]
     for name in multinode.errors.__all__:
         assert issubclass(getattr(multinode.errors, name), multinode.errors.MultinodeError)

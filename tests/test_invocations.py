@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode.errors import InvocationFailedError, PayloadError
+from multinode.errors import InvocationFailedError, PayloadError, ValidationError
 from tests.helpers import assert_eventually
 
 VERSIONED = """
@@ -270,3 +270,11 @@ def test_processes_started_by_user_code_do_not_outlive_the_container(register, p
 
     assert_eventually(gone, timeout=10)
     assert fn.get(invocation_id).terminated
+
+
+def test_map_checks_every_input_before_starting_any(register, project_name: str) -> None:
+    register({"main.py": NOOP.replace("def noop():", "def noop(x):")})
+    fn = get_deployed_function(project_name, "noop")
+    with pytest.raises(ValidationError, match="too many positional arguments"):
+        list(fn.starmap([(1,), (2,), (3, 4)]))
+    assert fn.list().invocation_ids == []  # nothing was started

@@ -163,10 +163,22 @@ class Runner:
 
     def _drain(self, generator: Any) -> Any:
         last = None
-        for last in generator:
+        interruption: BaseException | None = None
+        while True:
+            try:
+                item = generator.throw(interruption) if interruption is not None else next(generator)
+            except StopIteration:
+                break
+            interruption = None
+            last = item
             now = time.monotonic()
             if now - self._progress_at >= PROGRESS_ENCODE_INTERVAL_SECONDS:
-                self._publish_progress(last)
+                try:
+                    self._publish_progress(last)
+                except (InvocationCancelledError, InvocationTimedOutError) as exc:
+                    # Raised while pickling the progress, outside the generator: raise it inside, so
+                    # its own except and finally blocks run.
+                    interruption = exc
                 self._progress_at = now
         self._publish_progress(last)
         return last

@@ -40,7 +40,7 @@ from multinode._protocol import (
     container_task_queue,
 )
 from multinode._settings import MultinodeSettings
-from multinode.errors import ProvisionerError
+from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner import ContainerSpec, Provisioner
 
 LOG_LINES_IN_EXIT_REASON = 8
@@ -87,6 +87,9 @@ class ProvisioningActivities:
         )
         try:
             handle_id = await asyncio.to_thread(provisioner.start, spec)
+        except VersionNotStoredError as exc:
+            # Retryable: another control-plane worker on this queue may have the version.
+            raise ApplicationError(str(exc), type="VersionNotStoredError") from exc
         except ProvisionerError as exc:
             raise ApplicationError(str(exc), type="ProvisionerError", non_retryable=True) from exc
         return ContainerHandle(

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from multinode.errors import ProvisionerError
+from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner._local_shim import group_members
 from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
 from multinode.provisioner.local_build import LocalVersionStore
@@ -47,7 +47,7 @@ class LocalProvisioner(Provisioner):
         code_dir = self._store.code_dir(spec.artifact["code_digest"])
         python = self._store.env_python(spec.artifact["env_key"])
         if not code_dir.is_dir() or not python.exists():
-            raise ProvisionerError(
+            raise VersionNotStoredError(
                 f"Version {spec.version_id} of project {spec.project_name!r} is not stored under "
                 f"{self._home}: the local provisioner runs versions registered on this machine with the same "
                 "MULTINODE_HOME. Register the project again here."

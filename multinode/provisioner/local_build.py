@@ -98,10 +98,13 @@ class LocalVersionStore:
     def link_runtime(self) -> Path:
         """``$MULTINODE_HOME/runtime`` holds only a link to this ``multinode`` package, so a version's
         environment imports Multinode without seeing the control plane's other packages."""
-        runtime = self.home / "runtime"
+        target = Path(multinode.__file__).resolve().parent
+        # One folder per Multinode install: an environment keeps the runtime it was built with, and two
+        # installs sharing a home do not re-point each other's link.
+        install = hashlib.sha256(f"{target}\n{runtime_pins()}".encode()).hexdigest()[:12]
+        runtime = self.home / "runtime" / install
         runtime.mkdir(parents=True, exist_ok=True)
         link = runtime / "multinode"
-        target = Path(multinode.__file__).resolve().parent
         if not (link.is_symlink() and Path(os.readlink(link)) == target):
             tmp = runtime / f".multinode-{os.getpid()}"
             tmp.unlink(missing_ok=True)

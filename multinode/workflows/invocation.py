@@ -66,6 +66,8 @@ RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 call that holds the GIL stops heartbeats; a container that dies is noticed at once by the watch."""
 EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
 """After a container exits, how long to wait for its run activity's own completion to arrive."""
+CHILDREN_PER_CANCELLATION = 500
+"""Nested invocations cancelled by one activity (keeps its input far below the payload limit)."""
 SLOT_REQUEST_REPEAT = timedelta(minutes=5)
 """While waiting for a concurrency slot, how often the request is sent again."""
 WATCH_END_WAIT = timedelta(seconds=10)
@@ -157,11 +159,11 @@ class InvocationWorkflow:
         """Cancel every child started so far (each cancels its own children in turn)."""
         pending = self._children[self._children_cancelled :]
         self._children_cancelled = len(self._children)
-        if pending:
+        for start in range(0, len(pending), CHILDREN_PER_CANCELLATION):
             self._child_cancellations.append(
                 workflow.start_activity(
                     CANCEL_INVOCATIONS_ACTIVITY,
-                    pending,
+                    pending[start : start + CHILDREN_PER_CANCELLATION],
                     start_to_close_timeout=timedelta(minutes=1),
                     retry_policy=_FOREVER,
                 )
