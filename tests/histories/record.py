@@ -1,0 +1,82 @@
+"""Record workflow histories for tests/test_replay.py (run by hand when the workflows change on purpose).
+
+    .venv/bin/python -m pytest tests/histories/record.py -p no:cacheprovider -q
+
+Each scenario runs for real on the test dev server; its histories are written next to this file. The
+replay test then proves that the current workflow code still replays them: a change that would break
+invocations in flight during a worker upgrade fails it (use ``workflow.patched`` for such changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from multinode import get_deployed_function
+from multinode._settings import MultinodeSettings
+from multinode.errors import InvocationCancelledError, InvocationFailedError
+from tests.helpers import assert_eventually
+
+HERE = Path(__file__).parent
+TASKS = """
+import time
+from pathlib import Path
+from multinode import Multinode
+
+mn = Multinode()
+
+@mn.function(max_retries=1)
+def flaky(counter):
+    path = Path(counter)
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    if n == 1:
+        raise RuntimeError("first attempt fails")
+    for i in range(3):
+        yield {"step": i}
+        time.sleep(0.6)
+
+@mn.function()
+def sleeper():
+    print("started", flush=True)
+    time.sleep(3600)
+
+@mn.function()
+def broken():
+    raise ValueError("always")
+"""
+
+
+async def _save(settings: MultinodeSettings, workflow_id: str, name: str) -> None:
+    client = await Client.connect(settings.temporal_address)
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
+
+
+def test_record(register, project_name: str, settings: MultinodeSettings, tmp_path: Path) -> None:
+    register({"main.py": TASKS})
+    flaky = get_deployed_function(project_name, "flaky")
+    retried = flaky.start(str(tmp_path / "counter"))
+    assert flaky.await_result(retried, timeout=60) == {"step": 2}
+    sleeper = get_deployed_function(project_name, "sleeper")
+    cancelled = sleeper.start()
+    assert_eventually(lambda: sleeper.get(cancelled).status.value == "RUNNING")
+    sleeper.cancel(cancelled)
+    with pytest.raises(InvocationCancelledError):
+        sleeper.await_result(cancelled, timeout=60)
+    broken = get_deployed_function(project_name, "broken")
+    failed = broken.start()
+    with pytest.raises(InvocationFailedError):
+        broken.await_result(failed, timeout=60)
+    for workflow_id, name in [
+        (retried, "invocation_retried_with_progress"),
+        (cancelled, "invocation_cancelled"),
+        (failed, "invocation_failed"),
+        (f"multinode-project:{project_name}", "project"),
+        (f"multinode-quota:{project_name}:flaky", "quota"),
+    ]:
+        asyncio.run(_save(settings, workflow_id, name))

@@ -1,0 +1,29 @@
+"""Workflow code still replays recorded histories: upgrading workers must not break invocations in flight.
+
+The histories come from tests/histories/record.py (real runs). A change to a workflow that alters the
+commands it issues for an existing history fails here; guard such a change with ``workflow.patched``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from multinode.workflows import InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_replays(path: Path) -> None:
+    replayer = Replayer(workflows=[InvocationWorkflow, ProjectWorkflow, QuotaWorkflow, LogsWorkflow])
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+def test_there_are_histories() -> None:
+    assert {p.stem for p in HISTORIES} >= {"invocation_retried_with_progress", "invocation_cancelled", "project"}
