@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from multinode._devserver import DevServer
 from multinode._protocol import VersionRecord
 from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
+from multinode.errors import MultinodeError
 from multinode.provisioner.local import LocalProvisioner
 from tests.helpers import ThreadWorker, write_tasks
 
@@ -25,11 +27,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_dev_server(*, ui: bool = True, **options: Any) -> DevServer:
+    """A started dev server on free ports. Retried: the server also opens ports of its own choosing
+    (HTTP API, metrics), which may take one of ours between our pick and its bind."""
+    for attempt in range(5):
+        server = DevServer(port=free_port(), ui_port=free_port() if ui else None, **options)
+        try:
+            server.start()
+            return server
+        except MultinodeError:
+            server.stop()
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    log = tmp_path_factory.mktemp("temporal") / "server.log"
-    server = DevServer(port=free_port(), ui_port=free_port(), log_file=log)
-    server.start()
+    server = start_dev_server(log_file=tmp_path_factory.mktemp("temporal") / "server.log")
     yield server
     server.stop()
 

@@ -16,7 +16,7 @@ from multinode import InvocationStatus, get_deployed_function
 from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
 from multinode.provisioner.local import LocalProvisioner
-from tests.conftest import free_port
+from tests.conftest import start_dev_server
 from tests.helpers import ThreadWorker, assert_eventually, write_tasks
 
 TASKS = """
@@ -70,8 +70,7 @@ def test_killing_the_control_plane_worker_loses_nothing(
 
 @pytest.fixture
 def persistent_server(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db")
-    server.start()
+    server = start_dev_server(ui=False, db_file=tmp_path / "temporal.db")
     yield server
     server.stop()
 
