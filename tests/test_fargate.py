@@ -8,7 +8,6 @@ the environment instead (the fake data plane and the end-to-end tests are then s
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import stat
 import subprocess
@@ -847,16 +846,12 @@ def dies_once(counter):
     return f"attempt {n}"
 """
 
-_WIRED = "image" in inspect.signature(__import__("multinode._registration", fromlist=["x"]).register_async).parameters
-
 
 @pytest.fixture
 def settings(settings: MultinodeSettings, fargate_settings: FargateSettings, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """conftest's settings, with the fargate provisioner: the worker fixture then runs a fargate worker."""
     if REAL_AWS:
         pytest.skip("end-to-end tests run containers through the fake data plane (moto only)")
-    if not _WIRED:
-        pytest.skip("needs registration with an image (register_async(..., image=URI))")
     for name, value in {"MULTINODE_PROVISIONER": "fargate", **fargate_settings.to_env()}.items():
         monkeypatch.setenv(name, value)
     return MultinodeSettings.from_env()
