@@ -16,6 +16,7 @@ from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
 from multinode.errors import InvocationCancelledError
 from tests.helpers import assert_eventually
+from tests.test_progress import GUIDE_PROGRESS
 
 playwright_sync_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync_api.expect
@@ -33,25 +34,7 @@ CHROMIUM_ARGS = [
 UI_TIMEOUT_MS = 30_000
 RUNNING = re.compile(r"^\s*running\s*$", re.IGNORECASE)  # the status badge says "Running", shown upper-case
 
-PROGRESS_TASKS = """
-from multinode import Multinode
-import time
-
-mn = Multinode()
-
-@mn.function()
-def sum_of_squares_with_progress(bound):
-    progress = {"num_terms_incorporated": 0, "sum_so_far": 0}
-
-    for i in range(bound):
-        progress["num_terms_incorporated"] += 1
-        progress["sum_so_far"] += i * i
-
-        yield progress
-
-        time.sleep(1)
-"""
-FUNCTION = "sum_of_squares_with_progress"
+FUNCTION = "slowly_calculate_sum_of_squares"  # the guide's progress example, as in test_progress
 
 
 async def _run_id_once_signalled_progress(settings: MultinodeSettings, invocation_id: str) -> str | None:
@@ -69,7 +52,7 @@ async def _run_id_once_signalled_progress(settings: MultinodeSettings, invocatio
 def test_web_ui_shows_status_and_progress(
     register, project_name: str, settings: MultinodeSettings, dev_server: DevServer
 ) -> None:
-    register({"main.py": PROGRESS_TASKS})
+    register({"main.py": GUIDE_PROGRESS})
     fn = get_deployed_function(project_name, FUNCTION)
     invocation_id = fn.start(600)
     try:
