@@ -124,6 +124,9 @@ class InvocationInput:
     args: Any
     """The jsonpickle form of ``{"args": [...], "kwargs": {...}}`` as JSON; never decoded here."""
     parent_invocation_id: str | None = None
+    slot_requested: bool = False
+    """The starter asks the quota for a slot itself, right after starting the workflow (so slots go
+    first come, first served); the workflow then only asks if no grant arrives for a while."""
 
 
 @dataclass
@@ -235,6 +238,7 @@ QUOTA_WORKFLOW_ID_PREFIX = "multinode-quota:"
 REQUEST_SLOT_ACTIVITY = "multinode.request_slot"
 FIND_CLOSED_ACTIVITY = "multinode.find_closed_invocations"
 ACQUIRE_SIGNAL = "acquire"
+ACQUIRE_MANY_SIGNAL = "acquire_many"
 RELEASE_SIGNAL = "release"
 SLOT_GRANTED_SIGNAL = "slot_granted"
 
@@ -247,7 +251,8 @@ def quota_workflow_id(project_name: str, function_name: str) -> str:
 class SlotRequest:
     invocation_id: str
     created_at: str
-    """ISO 8601 (UTC); ordering key. Strings, not datetimes: inside the workflow sandbox Temporal's
+    """ISO 8601 (UTC), informative: slots are granted in the order requests reach the quota (workflows
+    started before that rule sort by it). Strings, not datetimes: inside the workflow sandbox Temporal's
     converter does not turn JSON back into ``datetime`` fields."""
     max_concurrency: int
 

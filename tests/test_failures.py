@@ -15,7 +15,9 @@ import pytest
 from temporalio.client import Client
 
 from multinode import InvocationStatus, get_deployed_function
+from multinode._handle import DeployedFunction
 from multinode._settings import MultinodeSettings
+from multinode.workflows.invocation import SLOT_REQUEST_FALLBACK
 from multinode.errors import InvocationFailedError
 from multinode.provisioner.local import LocalProvisioner
 from tests.helpers import ThreadWorker, assert_eventually
@@ -67,6 +69,12 @@ def eats_memory(megabytes):
 def limited(seconds):
     time.sleep(seconds)
     return "done"
+
+@mn.function(max_concurrency=1)
+def one_at_a_time(path, item):
+    with open(path, "a") as f:
+        f.write(f"{item}\\n")
+    return item
 """
 
 
@@ -164,8 +172,35 @@ def test_quota_holds_across_two_worker_processes(
         invocations = [fn.get(i) for i in ids]
         assert all(inv.status == InvocationStatus.SUCCEEDED for inv in invocations)
         assert peak["containers"] == 2 and peak["running"] == 2, peak
+        # started_at is the quota's grant time: exactly the order in which slots were granted.
         started = [inv.started_at for inv in invocations]
         assert started == sorted(started)  # first come, first served
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
+
+
+def test_map_items_are_served_in_input_order(register, project_name: str, tmp_path: Path) -> None:
+    register({"main.py": TASKS})
+    fn = get_deployed_function(project_name, "one_at_a_time")
+    path = tmp_path / "order"
+    assert list(fn.starmap([(str(path), i) for i in range(6)])) == list(range(6))
+    assert path.read_text().split() == [str(i) for i in range(6)]
+
+
+def test_invocation_asks_for_its_slot_itself_when_the_starter_did_not(
+    register, project_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starter that dies between starting the workflow and queueing it at the quota loses nothing."""
+    register({"main.py": TASKS})
+    fn = get_deployed_function(project_name, "limited")
+
+    async def starter_died(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr(DeployedFunction, "_request_slots", starter_died)
+    invocation_id = fn.start(0)
+    assert fn.await_result(invocation_id, timeout=90) == "done"
+    invocation = fn.get(invocation_id)
+    assert invocation.started_at and invocation.created_at
+    assert (invocation.started_at - invocation.created_at).total_seconds() >= SLOT_REQUEST_FALLBACK.total_seconds()

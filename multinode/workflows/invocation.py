@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -70,6 +70,9 @@ CHILDREN_PER_CANCELLATION = 500
 """Nested invocations cancelled by one activity (keeps its input far below the payload limit)."""
 SLOT_REQUEST_REPEAT = timedelta(minutes=5)
 """While waiting for a concurrency slot, how often the request is sent again."""
+SLOT_REQUEST_FALLBACK = timedelta(seconds=10)
+"""When the starter asked for the slot itself: how long to wait for a grant before asking too (in case
+the starter died between starting the workflow and asking)."""
 WATCH_END_WAIT = timedelta(seconds=10)
 """After deprovisioning, how long to wait for the watch activity to see the container gone."""
 PROGRESS_SIGNAL_BUDGET = 4_000
@@ -104,6 +107,7 @@ class InvocationWorkflow:
         self._cancel_requested = False
         self._watch: workflow.ActivityHandle[ContainerExit] | None = None
         self._slot_granted = False
+        self._granted_at: datetime | None = None
         self._quota_id = quota_workflow_id(input.project_name, input.function_name)
         self._children: list[str] = []
         self._children_cancelled = 0
@@ -145,8 +149,11 @@ class InvocationWorkflow:
         self._show_details()
 
     @workflow.signal(name=SLOT_GRANTED_SIGNAL)
-    def slot_granted(self) -> None:
+    def slot_granted(self, granted_at: str | None = None) -> None:
+        """``granted_at``: the quota's clock at the grant (absent from quotas older than that field)."""
         self._slot_granted = True
+        if granted_at is not None and self._granted_at is None:
+            self._granted_at = datetime.fromisoformat(granted_at)
 
     @workflow.signal(name=CHILD_STARTED_SIGNAL)
     def child_started(self, child_invocation_id: str) -> None:
@@ -212,8 +219,14 @@ class InvocationWorkflow:
         """Wait (PENDING) for one of the function's ``max_concurrency`` slots; held across retries.
 
         The request is repeated now and then (it is idempotent): a quota workflow that lost its state
-        (terminated by hand, say) learns of the waiting invocation again.
+        (terminated by hand, say) learns of the waiting invocation again. When the starter sent the
+        first request itself, the workflow's own is only a fallback.
         """
+        if self._input.slot_requested and not self._slot_granted:
+            try:
+                await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_FALLBACK)
+            except asyncio.TimeoutError:
+                pass
         while not self._slot_granted:
             await workflow.execute_activity(
                 REQUEST_SLOT_ACTIVITY,
@@ -251,7 +264,8 @@ class InvocationWorkflow:
         self._set_status("RUNNING")
         execution.started_at = workflow.now()
         if self._state.started_at is None:
-            self._state.started_at = execution.started_at
+            # The grant time orders invocations exactly as the quota served them.
+            self._state.started_at = self._granted_at or execution.started_at
         handle: ContainerHandle | None = None
         try:
             # Shielded: a cancellation during provisioning must still learn the handle to stop it.

@@ -2,8 +2,11 @@
 
 Temporal has no global cap on running workflows or activities of one kind (a worker's limits count
 one process; task-queue rate limits count starts per second), so a durable slot holder grants slots:
-invocations ask with the ``acquire`` signal (sent by an activity, with signal-with-start), are granted
-with ``slot_granted``, and give back with ``release``. Waiting invocations are served oldest first.
+invocations ask with the ``acquire`` signal (sent with signal-with-start by the SDK right after it starts
+the invocation, and again by the invocation itself if no grant comes), are granted with ``slot_granted``
+(which carries the grant time), and give back with ``release``. Waiting invocations are served in the
+order their first request arrived: an invocation whose ``.start`` returned before another's began is
+always served first (``.map`` sends its requests in input order, in one signal per chunk).
 Each request carries the invocation's own ``max_concurrency``, so a quota changed by a new version
 applies to invocations started after it. A holder that ends without releasing (terminated, or its
 workflow failed) is found by a periodic check while others wait.
@@ -20,6 +23,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
+        ACQUIRE_MANY_SIGNAL,
         ACQUIRE_SIGNAL,
         DESCRIBE_QUERY,
         FIND_CLOSED_ACTIVITY,
@@ -36,6 +40,8 @@ HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW = 5_000
 """The quota restarts itself with its state once its history is this long."""
 IDLE_BEFORE_EXIT = timedelta(minutes=10)
 """A quota with no holder and no waiter for this long completes (the next request starts it again)."""
+ARRIVAL_ORDER_PATCH = "multinode-quota-arrival-order"
+"""Quota runs from before this patch sorted waiters by start time and sent grants without a time."""
 
 
 @workflow.defn(name=QUOTA_WORKFLOW)
@@ -51,13 +57,17 @@ class QuotaWorkflow:
 
     @workflow.signal(name=ACQUIRE_SIGNAL)
     def acquire(self, request: SlotRequest) -> None:
-        known = request.invocation_id in self._state.holders or any(
-            w.invocation_id == request.invocation_id for w in self._state.waiting
-        )
-        if not known:
-            self._state.waiting.append(request)
-            self._state.waiting.sort(key=lambda r: (r.created_at, r.invocation_id))
-            self._changed = True
+        self.acquire_many([request])
+
+    @workflow.signal(name=ACQUIRE_MANY_SIGNAL)
+    def acquire_many(self, requests: list[SlotRequest]) -> None:
+        """Queue each request not already queued or holding, in the order given."""
+        known = set(self._state.holders) | {w.invocation_id for w in self._state.waiting}
+        for request in requests:
+            if request.invocation_id not in known:
+                known.add(request.invocation_id)
+                self._state.waiting.append(request)
+                self._changed = True
 
     @workflow.signal(name=RELEASE_SIGNAL)
     def release(self, invocation_id: str) -> None:
@@ -97,6 +107,30 @@ class QuotaWorkflow:
                 workflow.continue_as_new(self._state)
 
     async def _grant(self) -> None:
+        if not workflow.patched(ARRIVAL_ORDER_PATCH):
+            await self._grant_sorted_one_by_one()
+            return
+        while True:  # until nothing is grantable: releases may arrive while grants are sent
+            granted: list[str] = []
+            while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
+                invocation_id = self._state.waiting.pop(0).invocation_id
+                self._state.holders.append(invocation_id)
+                granted.append(invocation_id)
+            if not granted:
+                return
+            # One grant time per batch: the order of grants is the order of the invocations' `started_at`.
+            now = workflow.now().isoformat()
+            await asyncio.gather(*(self._send_grant(invocation_id, now) for invocation_id in granted))
+
+    async def _send_grant(self, invocation_id: str, granted_at: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(invocation_id).signal(SLOT_GRANTED_SIGNAL, granted_at)
+        except Exception:  # the invocation ended meanwhile: its slot is free again
+            self.release(invocation_id)
+
+    async def _grant_sorted_one_by_one(self) -> None:
+        """The rule of quota runs started before ARRIVAL_ORDER_PATCH (kept so their histories replay)."""
+        self._state.waiting.sort(key=lambda r: (r.created_at, r.invocation_id))
         while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
             request = self._state.waiting.pop(0)
             self._state.holders.append(request.invocation_id)
