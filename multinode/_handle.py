@@ -9,9 +9,11 @@ import asyncio
 import builtins
 import inspect
 import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -22,9 +24,11 @@ from multinode import _invocations, _serialization
 from multinode._client import get_client, is_not_found, rpc_boundary, run_sync
 from multinode._listing import newest_first
 from multinode._protocol import (
+    ACQUIRE_MANY_SIGNAL,
     CHILD_STARTED_SIGNAL,
     ENV_INVOCATION_ID,
     INVOCATION_WORKFLOW,
+    QUOTA_WORKFLOW,
     SA_FUNCTION,
     SA_PARENT,
     SA_PROJECT,
@@ -32,18 +36,24 @@ from multinode._protocol import (
     SA_VERSION,
     FunctionRecord,
     InvocationInput,
+    QuotaState,
+    SlotRequest,
     VersionRecord,
+    quota_workflow_id,
 )
 from multinode._registry import check_project_name, resolve_version
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList
 from multinode.errors import AwaitTimeoutError, ConfigurationError, FunctionNotFoundError, ValidationError
 
+SLOT_REQUESTS_PER_SIGNAL = 500
+"""Slot requests sent to a quota in one signal by ``.map`` (keeps the signal far below payload limits)."""
 LIST_PAGE_SIZE = 50
 """Invocation ids per page of ``.list``."""
 MAP_START_CONCURRENCY = 32
 """How many invocations ``.map`` starts at once."""
 
+_log = logging.getLogger(__name__)
 _KIND = {kind.name: kind for kind in inspect._ParameterKind}
 
 
@@ -96,9 +106,14 @@ class DeployedFunction:
         """Start an invocation and return its id; it runs in a container of its own."""
         client = await self._client()
         version, record = await self._record(client)
-        return await self._start_checked(client, version, record, _encode_arguments(record, args, kwargs))
+        invocation_id = await self._start_workflow(client, version, record, _encode_arguments(record, args, kwargs))
+        await self._request_slots(client, record, [invocation_id])
+        return invocation_id
 
-    async def _start_checked(self, client: Client, version: VersionRecord, record: FunctionRecord, payload: str) -> str:
+    async def _start_workflow(
+        self, client: Client, version: VersionRecord, record: FunctionRecord, payload: str
+    ) -> str:
+        """Start one invocation's workflow; it waits PENDING until ``_request_slots`` gets it a slot."""
         invocation_id = f"inv-{uuid.uuid4().hex}"
         parent = os.environ.get(ENV_INVOCATION_ID) or None
         pairs = [
@@ -121,6 +136,7 @@ class DeployedFunction:
                     artifact=version.artifact,
                     args=json.loads(payload),
                     parent_invocation_id=parent,
+                    slot_requested=True,
                 ),
                 id=invocation_id,
                 task_queue=self.settings.task_queue,
@@ -148,6 +164,28 @@ class DeployedFunction:
                 if not is_not_found(exc):
                     raise
         return invocation_id
+
+    async def _request_slots(self, client: Client, record: FunctionRecord, invocation_ids: builtins.list[str]) -> None:
+        """Queue the invocations at the function's quota, in this order, before ``.start`` returns: so an
+        invocation started before another is served before it (first come, first served).
+
+        Best effort: an invocation whose request is lost here asks the quota itself a little later.
+        """
+        quota_id = quota_workflow_id(self.project_name, self.function_name)
+        now = datetime.now(timezone.utc).isoformat()
+        requests = [SlotRequest(i, now, record.config.max_concurrency) for i in invocation_ids]
+        for first in range(0, len(requests), SLOT_REQUESTS_PER_SIGNAL):
+            try:
+                await client.start_workflow(
+                    QUOTA_WORKFLOW,
+                    QuotaState(quota_id=quota_id),
+                    id=quota_id,
+                    task_queue=self.settings.task_queue,
+                    start_signal=ACQUIRE_MANY_SIGNAL,
+                    start_signal_args=[requests[first : first + SLOT_REQUESTS_PER_SIGNAL]],
+                )
+            except RPCError as exc:
+                _log.warning("could not queue invocations at %s (they will ask themselves): %s", quota_id, exc)
 
     def start(self, *args: Any, **kwargs: Any) -> str:
         return run_sync(self.start_async(*args, **kwargs))
@@ -255,9 +293,16 @@ class DeployedFunction:
 
         async def start_one(payload: str) -> str:
             async with gate:
-                return await self._start_checked(client, version, record, payload)
+                return await self._start_workflow(client, version, record, payload)
 
-        return builtins.list(await asyncio.gather(*(start_one(p) for p in payloads)))
+        outcomes = await asyncio.gather(*(start_one(p) for p in payloads), return_exceptions=True)
+        # Queued in input order, so that the items run in input order as slots free up.
+        started = [o for o in outcomes if isinstance(o, str)]
+        await self._request_slots(client, record, started)
+        for failure in outcomes:
+            if isinstance(failure, BaseException):
+                raise failure
+        return started
 
 
 async def list_page(
