@@ -19,7 +19,7 @@ from multinode.errors import ValidationError
 
 async def get_invocation(settings: MultinodeSettings, invocation_id: str) -> Invocation:
     client = await get_client(settings)
-    state = await _invocations.read_state(client, invocation_id, settings.worker_wait_seconds)
+    state = await _invocations.read_state(client, invocation_id, settings)
     return _invocations.to_invocation(state)
 
 

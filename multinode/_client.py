@@ -1,12 +1,12 @@
-"""Temporal connections for the SDK: one client per event loop, and a portal for the sync API."""
+"""Temporal connections for the SDK: one client per process and connection, and a portal for the sync API."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import functools
+import ipaddress
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from multinode import _native
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, MultinodeError, TemporalUnreachableError
 
@@ -21,39 +22,97 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 """How long to try to reach Temporal before failing with advice on how to start it."""
 
 _T = TypeVar("_T")
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Client]] = weakref.WeakKeyDictionary()
+_clients: dict[str, Future[Client]] = {}
+_clients_lock = threading.Lock()
 
 
 async def get_client(settings: MultinodeSettings) -> Client:
-    """A connected client for the running event loop (Temporal clients are bound to their loop)."""
-    loop = asyncio.get_running_loop()
-    per_loop = _clients.setdefault(loop, {})
+    """The process's client for these connection settings, connected on first use.
+
+    A Temporal client is not bound to an event loop (each call completes on the loop that awaits
+    it), so one client serves every loop and thread, however many ``asyncio.run`` calls a program makes.
+    """
+    _register_exit_hook()
+    _native.track_running_loop()
     key = settings.model_dump_json(include={"temporal_profile"})
-    client = per_loop.get(key)
-    if client is None:
-        client = await connect(settings)
-        per_loop[key] = client
-    return client
+    with _clients_lock:
+        pending = _clients.get(key)
+        owner = pending is None
+        if pending is None:
+            pending = _clients[key] = Future()
+    if owner:
+        try:
+            client = await connect(settings)
+        except BaseException as exc:
+            with _clients_lock:
+                del _clients[key]  # the next call tries again
+            pending.set_exception(exc)
+            raise
+        _native.keep_forever(client)  # see multinode/_native.py
+        pending.set_result(client)
+        return client
+    return await asyncio.wrap_future(pending)
 
 
-async def connect(settings: MultinodeSettings) -> Client:
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    """At exit: stop the sync API's loop, then let native threads finish with the SDK's loops."""
+    global _exit_hook_registered
+    with _clients_lock:
+        if not _exit_hook_registered:
+            _exit_hook_registered = True
+            atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    _portal.close()
+    _native.wait_for_native_threads()
+
+
+async def connect(settings: MultinodeSettings, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Client:
     try:
         kwargs = settings.connect_kwargs()
     except OSError as exc:  # a certificate file named in the TLS settings cannot be read
         raise ConfigurationError(f"Cannot read a file of the Temporal TLS settings: {exc}") from exc
     try:
-        return await asyncio.wait_for(Client.connect(**kwargs), CONNECT_TIMEOUT_SECONDS)
+        return await asyncio.wait_for(Client.connect(**kwargs), timeout)
     except asyncio.TimeoutError as exc:
-        raise TemporalUnreachableError(
-            settings.temporal_address, settings.temporal_namespace, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
-        ) from exc
+        raise unreachable_error(settings, f"no answer within {timeout:g} s") from exc
     except (RuntimeError, OSError, RPCError) as exc:
-        raise TemporalUnreachableError(settings.temporal_address, settings.temporal_namespace, _short(exc)) from exc
+        cause = _short(exc)
+        if cause in (_NOT_TEMPORAL, _CLOSED) and await _answers_http(settings.temporal_address):
+            cause = _HTTP_SERVER
+        raise unreachable_error(settings, cause) from exc
 
 
+async def _answers_http(address: str) -> bool:
+    """Whether an HTTP/1 server listens there (the Web UI, say): the gRPC client reports one as a
+    protocol error or as a closed connection, depending on which it notices first."""
+    host, _, port = address.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 2)
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(5), 2) == b"HTTP/"
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+_REFUSED = "connection refused"
+_UNKNOWN_HOST = "unknown host"
+_NOT_TEMPORAL = "something answered, but not as a Temporal frontend: it does not speak gRPC"
+_HTTP_SERVER = "an HTTP server answered, not a Temporal frontend (the Temporal Web UI, or another web server)"
+_CLOSED = "the server closed the connection without answering"
 _CAUSES = (
-    ("ConnectionRefused", "connection refused"),
-    ("dns error", "unknown host"),
+    ("ConnectionRefused", _REFUSED),
+    ("dns error", _UNKNOWN_HOST),
     (
         "UnknownIssuer",
         "the server's TLS certificate is not signed by a trusted CA (set TEMPORAL_TLS_SERVER_CA_CERT_PATH)",
@@ -62,7 +121,15 @@ _CAUSES = (
     ("InvalidContentType", "the server does not speak TLS (unset TEMPORAL_TLS)"),
     ("close_notify", "the server closed the TLS handshake (does it require a client certificate?)"),
     ("unexpected EOF", "the server closed the connection (does it require TLS or a client certificate?)"),
-    ("transport error", "the connection failed (does the server require TLS or a client certificate?)"),
+    # What came back is no HTTP/2 (so no gRPC either): an HTTP/1 server or another protocol.
+    ("h2 protocol error", _NOT_TEMPORAL),
+    ("FRAME_SIZE_ERROR", _NOT_TEMPORAL),
+    # A closed connection shows as one or the other, depending on whether the client was writing.
+    ("transport error", _CLOSED),
+    ("connection closed", _CLOSED),
+)
+_CHECK_ADDRESS = (
+    "Check TEMPORAL_ADDRESS: it must name the Temporal frontend's gRPC port (usually 7233), not the Web UI's (8233)."
 )
 
 
@@ -74,6 +141,36 @@ def _short(exc: BaseException) -> str:
             return summary
     first = str(exc)
     return first.splitlines()[0][:160] if first else type(exc).__name__
+
+
+def unreachable_error(settings: MultinodeSettings, cause: str) -> TemporalUnreachableError:
+    """The error for a failed connection, with the advice that fits its cause: ``mn dev`` only helps
+    when nothing listens on a local address."""
+    address = settings.temporal_address
+    if cause == _REFUSED and is_local_address(address):
+        advice = "Start the local stack with `mn dev`, or point TEMPORAL_ADDRESS at your cluster."
+    elif cause == _UNKNOWN_HOST:
+        advice = "Check the host name in TEMPORAL_ADDRESS."
+    elif "(set TEMPORAL_" in cause or "(unset TEMPORAL_" in cause:
+        advice = ""  # a TLS handshake went far enough to name the setting to change
+    elif cause == _CLOSED:
+        advice = f"{_CHECK_ADDRESS} If it does, the server may require TLS (TEMPORAL_TLS) or a client certificate."
+    else:
+        advice = _CHECK_ADDRESS
+    return TemporalUnreachableError(address, settings.temporal_namespace, cause, advice)
+
+
+def is_local_address(address: str) -> bool:
+    """Whether ``host:port`` names this machine (where ``mn dev`` can start a server)."""
+    host, sep, _ = address.rpartition(":")
+    host = (host if sep else address).strip("[]").lower()
+    if host in ("", "localhost") or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
@@ -95,9 +192,7 @@ def rpc_boundary(method: Callable[..., Awaitable[_T]]) -> Callable[..., Coroutin
         except RPCError as exc:
             settings: MultinodeSettings = self.settings
             if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-                raise TemporalUnreachableError(
-                    settings.temporal_address, settings.temporal_namespace, _short(exc)
-                ) from exc
+                raise unreachable_error(settings, _short(exc)) from exc
             raise MultinodeError(f"Temporal refused the request ({exc.status.name}): {exc.message}") from exc
 
     return wrapper
@@ -126,7 +221,7 @@ class _Portal:
                 thread = threading.Thread(target=loop.run_forever, name="multinode-portal", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
-                atexit.register(self.close)
+                _register_exit_hook()
             return self._loop
 
     def close(self) -> None:
@@ -136,7 +231,6 @@ class _Portal:
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
-        _clients.pop(loop, None)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
 

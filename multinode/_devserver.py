@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -66,6 +67,36 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on the port: a bind fails when any program listens there (on this
+    address or on all), which a connect alone would not tell for a program that does not accept."""
+    with socket.socket() as sock:
+        # As the server sets it too: connections of a former server (TIME_WAIT) do not block the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_in_use_error(port: int, *, ui: bool, why: str | None = None) -> MultinodeError:
+    """The error for a port the dev server needs and another program holds, with the option to pick another."""
+    what = f"Port {port}, for the Temporal Web UI," if ui else f"Port {port}"
+    advice = (
+        "`mn dev --ui-port PORT`"
+        if ui
+        else "`mn dev --port PORT`, and TEMPORAL_ADDRESS=127.0.0.1:PORT for the other `mn` commands"
+    )
+    return MultinodeError(
+        f"{what} is in use by another program{f' ({why})' if why else ''}, so the Temporal dev server cannot "
+        f"listen on it. Stop that program, or choose a free port: {advice}."
+    )
+
+
+_ADDRESS_IN_USE = re.compile(r"listen tcp \S*:(\d+): bind: address already in use")
+
+
 class DevServer:
     """A ``temporal server start-dev`` process owned by this process."""
 
@@ -83,6 +114,7 @@ class DevServer:
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
+        self._log_offset = 0
 
     @property
     def address(self) -> str:
@@ -101,8 +133,12 @@ class DevServer:
         return cmd
 
     def start(self) -> None:
+        for port, ui in ((self.port, False), (self.ui_port, True)):
+            if port is not None and not port_free(port):
+                raise port_in_use_error(port, ui=ui)
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_file.stat().st_size if self.log_file and self.log_file.exists() else 0
         self._log_handle = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
         out = self._log_handle if self._log_handle is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -115,11 +151,7 @@ class DevServer:
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
-                raise MultinodeError(
-                    f"The Temporal dev server exited at start (code {self.process.returncode})"
-                    + (f"; see {self.log_file}" if self.log_file else "")
-                )
+            self._raise_if_exited()
             if time.monotonic() > deadline:
                 self.stop()
                 raise MultinodeError(f"The Temporal dev server did not listen on {self.port} within 60 s.")
@@ -131,8 +163,10 @@ class DevServer:
         from temporalio.client import Client
 
         while True:
+            # Another program may hold a port yet (taken after our check): the server then exits at once.
+            self._raise_if_exited()
             try:
-                client = await Client.connect(self.address)
+                client = await asyncio.wait_for(Client.connect(self.address), 2)
                 if await client.service_client.check_health():
                     await client.workflow_service.get_system_info(GetSystemInfoRequest())
                     return
@@ -141,6 +175,34 @@ class DevServer:
                     self.stop()
                     raise MultinodeError(f"The Temporal dev server did not become healthy within 60 s: {exc}") from exc
             await asyncio.sleep(0.1)
+
+    def _raise_if_exited(self) -> None:
+        if self.process is None or self.process.poll() is None:
+            return
+        said = self._log_since_start()
+        self.stop()
+        busy = _ADDRESS_IN_USE.search(said)
+        busy_port = int(busy.group(1)) if busy else None
+        if busy_port is not None and busy_port in (self.port, self.ui_port):
+            raise port_in_use_error(busy_port, ui=busy_port != self.port)
+        last = said.strip().splitlines()[-1:] or [""]
+        raise MultinodeError(
+            f"The Temporal dev server exited at start (code {self.process.returncode})"
+            + (f": {last[0][:300]}" if last[0] else "")
+            + (f"; see {self.log_file}" if self.log_file else "")
+        )
+
+    def _log_since_start(self) -> str:
+        if self.log_file is None:
+            return ""
+        if self._log_handle is not None:
+            self._log_handle.flush()
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         if self._log_handle is not None:

@@ -195,7 +195,7 @@ class DeployedFunction:
     @rpc_boundary
     async def get_async(self, invocation_id: str) -> Invocation:
         client = await self._client()
-        state = await _invocations.read_state(client, invocation_id, self.settings.worker_wait_seconds)
+        state = await _invocations.read_state(client, invocation_id, self.settings)
         return _invocations.to_invocation(state)
 
     def get(self, invocation_id: str) -> Invocation:
@@ -227,10 +227,15 @@ class DeployedFunction:
 
     @rpc_boundary
     async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> Any:
-        """Wait for the invocation to end; return its result or raise how it ended."""
+        """Wait for the invocation to end; return its result or raise how it ended.
+
+        ``timeout`` (seconds, None: no limit) bounds the wait; 0 returns at once if it has ended.
+        """
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ValidationError(f"timeout={timeout!r}: pass a number of seconds >= 0, or None to wait without limit.")
         client = await self._client()
         try:
-            state = await _invocations.await_state(client, invocation_id, timeout)
+            state = await _invocations.await_state(client, invocation_id, timeout, self.settings)
         except asyncio.TimeoutError as exc:
             raise AwaitTimeoutError(invocation_id, timeout or 0) from exc
         return _invocations.outcome(state)
@@ -324,7 +329,8 @@ async def list_page(
 
 def _encode_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     _check_arguments(record, args, kwargs)
-    return _serialization.encode({"args": list(args), "kwargs": kwargs}, what="The arguments")
+    positional = [p.name for p in record.parameters if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
+    return _serialization.encode_arguments(args, kwargs, positional)
 
 
 def _check_arguments(record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import HistoryEventFilterType, PendingWorkflowTaskState
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from multinode import _serialization
 from multinode._client import is_not_found
@@ -35,10 +39,21 @@ from multinode.errors import (
     InvocationTimedOutError,
     NotFoundError,
     PayloadError,
+    ValidationError,
 )
 
 
+def check_invocation_id(invocation_id: str) -> None:
+    """An empty id would reach Temporal, whose answer ("WorkflowId is not set on request") names neither."""
+    if not invocation_id.strip():
+        raise ValidationError(
+            f"The invocation id is empty ({invocation_id!r}). Ids look like inv-<32 hex digits>; `.start()` and "
+            "`mn invoke` print them, `mn list FUNCTION --project NAME` lists recent ones."
+        )
+
+
 async def describe(client: Client, invocation_id: str) -> WorkflowExecutionDescription:
+    check_invocation_id(invocation_id)  # every read of an invocation goes through here
     try:
         description = await client.get_workflow_handle(invocation_id).describe()
     except RPCError as exc:
@@ -50,8 +65,9 @@ async def describe(client: Client, invocation_id: str) -> WorkflowExecutionDescr
     return description
 
 
-async def read_state(client: Client, invocation_id: str, worker_wait_seconds: float) -> InvocationState:
-    """The invocation's state: from its result once closed, else from a query to a worker."""
+async def read_state(client: Client, invocation_id: str, settings: MultinodeSettings) -> InvocationState:
+    """The invocation's state: from its result once closed, else from a query to a worker (without
+    one, from search attributes: status, but no executions or progress, and a warning once)."""
     description = await describe(client, invocation_id)
     handle = client.get_workflow_handle(invocation_id, run_id=description.run_id, result_type=InvocationState)
     if description.status == WorkflowExecutionStatus.COMPLETED:
@@ -59,16 +75,20 @@ async def read_state(client: Client, invocation_id: str, worker_wait_seconds: fl
     if description.status == WorkflowExecutionStatus.RUNNING:
         try:
             state = await handle.query(
-                DESCRIBE_QUERY, result_type=InvocationState, rpc_timeout=timedelta(seconds=worker_wait_seconds)
+                DESCRIBE_QUERY, result_type=InvocationState, rpc_timeout=timedelta(seconds=settings.worker_wait_seconds)
             )
         except RPCError:
-            state = _state_from_description(invocation_id, description)  # no worker answered
+            _warn_no_worker(settings, "status from search attributes only, no executions or progress")
+            state = _state_from_description(invocation_id, description)
         progress = await _heartbeat_progress(client, description)
         if progress is not None and state.status not in FINAL_STATUSES:
             state.result = progress
         return state
     return _state_from_description(invocation_id, description)
 
+
+HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT = HistoryEventFilterType.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT
+_log = logging.getLogger("multinode")
 
 FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
@@ -108,13 +128,93 @@ def _state_from_description(invocation_id: str, description: WorkflowExecutionDe
     )
 
 
-async def await_state(client: Client, invocation_id: str, timeout: float | None) -> InvocationState:
+async def await_state(
+    client: Client, invocation_id: str, timeout: float | None, settings: MultinodeSettings
+) -> InvocationState:
+    """The final state; ``asyncio.TimeoutError`` if the invocation is still running after ``timeout``.
+
+    Says once (a warning) when no control-plane worker answers, since then it may wait for ever.
+    """
     description = await describe(client, invocation_id)
     handle = client.get_workflow_handle(invocation_id, run_id=description.run_id, result_type=InvocationState)
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        first = settings.worker_wait_seconds if timeout is None else min(timeout, settings.worker_wait_seconds)
+        if not await wait_closed(client, invocation_id, description.run_id, first):
+            if not await _worker_answers(handle, settings):
+                _warn_no_worker(settings, f"waiting for invocation {invocation_id}")
+            remaining = None if deadline is None else deadline - loop.time()
+            if not await wait_closed(client, invocation_id, description.run_id, remaining):
+                raise asyncio.TimeoutError
     try:
-        return await asyncio.wait_for(handle.result(), timeout)
+        return await handle.result()
     except WorkflowFailureError:
         return _state_from_description(invocation_id, await describe(client, invocation_id))
+
+
+LOGS_READ_SECONDS = 30.0
+"""Once a worker has picked up a log read, how long it may take."""
+LONG_POLL_SECONDS = 60.0
+"""Deadline of one long poll for a workflow's close (renewed until the caller's own deadline)."""
+
+
+async def wait_closed(client: Client, workflow_id: str, run_id: str | None, timeout: float | None) -> bool:
+    """Wait until the workflow closes (True) or ``timeout`` seconds pass (False; None waits for ever).
+
+    Every long poll carries its own deadline instead of being abandoned by a timeout: an abandoned
+    RPC stays in flight in Temporal's native client, where it can crash a program that exits meanwhile.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
+    token = b""
+    while True:
+        remaining = LONG_POLL_SECONDS if deadline is None else min(deadline - loop.time(), LONG_POLL_SECONDS)
+        if remaining <= 0:
+            return False
+        request = GetWorkflowExecutionHistoryRequest(
+            namespace=client.namespace,
+            execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
+            wait_new_event=True,
+            history_event_filter_type=HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT,
+            skip_archival=True,
+            next_page_token=token,
+        )
+        try:
+            response = await client.workflow_service.get_workflow_execution_history(
+                request, retry=True, timeout=timedelta(seconds=remaining)
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
+                continue  # the loop ends once the caller's deadline has passed
+            raise
+        if response.history.events:
+            return True
+        token = response.next_page_token
+
+
+async def _worker_answers(handle: Any, settings: MultinodeSettings) -> bool:
+    try:
+        await handle.query(DESCRIBE_QUERY, rpc_timeout=timedelta(seconds=settings.worker_wait_seconds))
+    except RPCError:
+        return False
+    return True
+
+
+_warned: set[str] = set()
+
+
+def _warn_no_worker(settings: MultinodeSettings, doing: str) -> None:
+    """Say once per task queue and process that nothing serves it (a waiting call would look hung)."""
+    if settings.task_queue not in _warned:
+        _warned.add(settings.task_queue)
+        _log.warning(
+            "No Multinode control-plane worker answered on task queue %r within %g s (%s). Invocations wait "
+            "PENDING until one runs: start `mn dev` (local stack) or `mn worker`.",
+            settings.task_queue,
+            settings.worker_wait_seconds,
+            doing,
+        )
 
 
 def _decode_result(value: Any) -> Any:
@@ -188,11 +288,10 @@ def outcome(state: InvocationState) -> Any:
 
 async def read_logs(
     client: Client,
-    settings_task_queue: str,
+    settings: MultinodeSettings,
     state: InvocationState,
     execution_id: str | None,
     offset: str | None,
-    worker_wait_seconds: float,
 ) -> LogsChunk:
     """A chunk of one execution's output (the latest execution unless one is named)."""
     known = [e.execution_id for e in state.executions]
@@ -205,20 +304,22 @@ async def read_logs(
         return LogsChunk(text="", offset=offset or "")
     handle = next((e.container_handle for e in state.executions if e.execution_id == chosen), None)
     request = LogsRequest(provisioner=state.provisioner, execution_id=chosen, offset=offset, container_handle=handle)
-    try:
-        return await asyncio.wait_for(
-            client.execute_workflow(
-                LOGS_WORKFLOW,
-                request,
-                id=f"multinode-logs:{chosen}:{uuid.uuid4().hex[:8]}",
-                task_queue=settings_task_queue,
-                result_type=LogsChunk,
-                execution_timeout=timedelta(minutes=1),
-            ),
-            worker_wait_seconds + 30,
-        )
-    except asyncio.TimeoutError as exc:
-        raise ControlPlaneUnavailableError(settings_task_queue, worker_wait_seconds + 30) from exc
+    logs = await client.start_workflow(
+        LOGS_WORKFLOW,
+        request,
+        id=f"multinode-logs:{chosen}:{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+        result_type=LogsChunk,
+        execution_timeout=timedelta(minutes=1),
+    )
+    if not await wait_closed(client, logs.id, logs.result_run_id, settings.worker_wait_seconds):
+        pending_task = (await logs.describe()).raw_description.pending_workflow_task
+        if pending_task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED:
+            await logs.terminate("no control-plane worker picked it up")  # leave nothing behind
+            raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds)
+        if not await wait_closed(client, logs.id, logs.result_run_id, LOGS_READ_SECONDS):
+            raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds + LOGS_READ_SECONDS)
+    return await logs.result()
 
 
 async def log_chunks(
@@ -233,12 +334,10 @@ async def log_chunks(
     """An execution's output in chunks; with ``follow``, keep reading until the invocation ends."""
     offset: str | None = None
     while True:
-        state = await read_state(client, invocation_id, settings.worker_wait_seconds)
+        state = await read_state(client, invocation_id, settings)
         ended = state.status in FINAL_STATUSES
         if state.executions or execution_id is not None:
-            chunk = await read_logs(
-                client, settings.task_queue, state, execution_id, offset, settings.worker_wait_seconds
-            )
+            chunk = await read_logs(client, settings, state, execution_id, offset)
             offset = chunk.offset
             if chunk.text:
                 yield chunk.text

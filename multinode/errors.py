@@ -52,12 +52,39 @@ class PayloadError(ValidationError):
 
 
 class InvalidTasksFolderError(ValidationError):
-    """The folder given to ``mn register`` is not a valid Multinode tasks folder."""
+    """The folder given to ``mn register`` is not a valid Multinode tasks folder.
 
-    def __init__(self, message: str, *, path: str, details: str | None = None) -> None:
-        super().__init__(message if details is None else f"{message}\n{details}")
+    The message is one line naming the user's own file (``tasks/main.py:12: SyntaxError: ...``).
+    ``details`` holds everything behind it (a traceback with paths in the user's folder, or uv's
+    output); ``log_path``, once registration has written it, the log that keeps ``details``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        details: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        traceback: str | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
         self.path = path
         self.details = details
+        self.file = file
+        self.line = line
+        self.traceback = traceback
+        self.log_path = log_path
+
+    def __str__(self) -> str:
+        # log_path is set after the error is built (by whoever writes the log), so read it here.
+        if self.log_path is None:
+            return self.message
+        what = "traceback" if self.traceback else "output"
+        return f"{self.message} (full {what}: {self.log_path})"
 
 
 # --- lookups ----------------------------------------------------------------------------------
@@ -109,13 +136,17 @@ class InvocationNotFoundError(NotFoundError):
 
 
 class TemporalUnreachableError(MultinodeError, ConnectionError):
-    def __init__(self, address: str, namespace: str, cause: str) -> None:
+    """No Temporal frontend answered at the address; ``cause`` says what happened, the message what to do."""
+
+    def __init__(self, address: str, namespace: str, cause: str, advice: str | None = None) -> None:
+        if advice is None:
+            advice = "Check TEMPORAL_ADDRESS: it must name the Temporal frontend's gRPC port (usually 7233)."
         super().__init__(
-            f"Cannot reach Temporal at {address} (namespace {namespace!r}): {cause}. "
-            "Start the local stack with `mn dev`, or point TEMPORAL_ADDRESS at your cluster."
+            f"Cannot reach Temporal at {address} (namespace {namespace!r}): {cause}." + (f" {advice}" if advice else "")
         )
         self.address = address
         self.namespace = namespace
+        self.cause = cause
 
 
 class ControlPlaneUnavailableError(MultinodeError):

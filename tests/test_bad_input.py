@@ -51,7 +51,7 @@ def test_syntax_and_import_errors_name_the_problem(register) -> None:
     with pytest.raises(InvalidTasksFolderError, match="SyntaxError") as info:
         register({"main.py": "def broken(:\n    pass\n"})
     assert "main.py" in str(info.value)
-    with pytest.raises(InvalidTasksFolderError, match="ModuleNotFoundError: No module named 'not_installed_pkg'"):
+    with pytest.raises(InvalidTasksFolderError, match="imports 'not_installed_pkg', which is not installed"):
         register({"main.py": "import not_installed_pkg\n"})
     with pytest.raises(InvalidTasksFolderError, match="declares no function"):
         register({"main.py": "from multinode import Multinode\nmn = Multinode()\n"})
@@ -74,7 +74,7 @@ def test_bad_decorator_options_fail_registration(register) -> None:
 
 
 def test_requirements_that_fail_to_install(register) -> None:
-    with pytest.raises(InvalidTasksFolderError, match="Installing requirements.txt failed") as info:
+    with pytest.raises(InvalidTasksFolderError, match=r"requirements.txt: No solution found") as info:
         register({"main.py": SIMPLE, "requirements.txt": "this-package-does-not-exist-multinode-test==0.0.1\n"})
     assert "this-package-does-not-exist-multinode-test" in str(info.value)
 

@@ -17,9 +17,9 @@ from temporalio.client import Client
 from multinode import InvocationStatus, get_deployed_function
 from multinode._handle import DeployedFunction
 from multinode._settings import MultinodeSettings
-from multinode.workflows.invocation import SLOT_REQUEST_FALLBACK
 from multinode.errors import InvocationFailedError
 from multinode.provisioner.local import LocalProvisioner
+from multinode.workflows.invocation import SLOT_REQUEST_FALLBACK
 from tests.helpers import ThreadWorker, assert_eventually
 
 TASKS = """
@@ -114,9 +114,9 @@ def test_container_killed_with_sigkill_is_retried(register, project_name: str, t
     fn = get_deployed_function(project_name, "killed_once")
     pid_file = tmp_path / "pid"
     invocation_id = fn.start(str(tmp_path / "counter"), str(pid_file))
-    pid = int(assert_eventually(lambda: pid_file.exists() and pid_file.read_text(), timeout=30))
+    pid = int(assert_eventually(lambda: pid_file.exists() and pid_file.read_text(), timeout=60))
     os.kill(pid, signal.SIGKILL)
-    assert fn.await_result(invocation_id, timeout=60) == "attempt 2"
+    assert fn.await_result(invocation_id, timeout=90) == "attempt 2"
     invocation = fn.get(invocation_id)
     assert invocation.num_failed_attempts == 1
     first = invocation.executions[0]

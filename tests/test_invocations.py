@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
 from multinode import InvocationStatus, get_deployed_function
+from multinode._listing import newest_first
+from multinode._settings import MultinodeSettings
 from multinode.errors import InvocationFailedError, PayloadError, ValidationError
 from tests.helpers import assert_eventually
 
@@ -131,7 +133,7 @@ def test_nested_invocation_records_parent(register, project_name: str) -> None:
     assert child.version_id == "v1"
 
 
-def test_map_starmap_list_and_get(register, project_name: str) -> None:
+def test_map_starmap_list_and_get(register, project_name: str, settings: MultinodeSettings) -> None:
     register(
         {
             "main.py": """
@@ -150,13 +152,33 @@ def test_map_starmap_list_and_get(register, project_name: str) -> None:
     fn = get_deployed_function(project_name, "power")
     assert list(fn.map([1, 2, 3])) == [1, 4, 9]
     assert list(fn.starmap([(2, 3), (3, 3)])) == [8, 27]
-    ids = fn.list().invocation_ids
-    assert len(ids) == 5 and fn.list().offset is None
+
+    # `.list` reads Temporal's visibility store, which is eventually consistent (see list_async).
+    def listed(count: int):  # noqa: ANN202
+        page = fn.list()
+        assert len(page.invocation_ids) >= count, page
+        return page
+
+    page = assert_eventually(lambda: listed(5))
+    ids = page.invocation_ids
+    assert len(ids) == 5 and page.offset is None
     assert all(fn.get(i).status == InvocationStatus.SUCCEEDED for i in ids)
     started_in_order = [fn.start(0), fn.start(2), fn.start(1)]
-    assert fn.list().invocation_ids[:3] == started_in_order[::-1]
+    page = assert_eventually(lambda: listed(8))
+    assert page.invocation_ids[:3] == started_in_order[::-1]
     for invocation_id in started_in_order:
         fn.await_result(invocation_id, timeout=60)
+    # Small pages over the live store: each invocation exactly once, newest first.
+    query = f"WorkflowType = 'MultinodeInvocation' AND MultinodeProject = '{project_name}'"
+    client = asyncio.run(Client.connect(settings.temporal_address))
+    paged: list[str] = []
+    offset = None
+    while True:
+        ids, offset = asyncio.run(newest_first(client, query, 3, offset))
+        paged += ids
+        if offset is None:
+            break
+    assert paged == fn.list().invocation_ids and len(paged) == 8
 
 
 def test_async_twins(register, project_name: str) -> None:
@@ -200,13 +222,32 @@ def noop():
 """
 
 
-def test_start_is_fast_and_result_arrives(register, project_name: str) -> None:
-    register({"main.py": NOOP})
-    fn = get_deployed_function(project_name, "noop")
-    began = time.monotonic()
-    invocation_id = fn.start()
-    assert time.monotonic() - began < 5
-    assert fn.await_result(invocation_id, timeout=60) is None
+GATED = """
+import os
+import time
+from multinode import Multinode
+
+mn = Multinode()
+
+@mn.function()
+def waits_for(gate):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.path.exists(gate)
+"""
+
+
+def test_start_is_fast_and_result_arrives(register, project_name: str, tmp_path: Path) -> None:
+    """`.start` returns without waiting for a container, let alone for the function: shown by a function
+    that cannot end before the gate opens (not by a wall-clock bound, which a loaded machine breaks)."""
+    register({"main.py": GATED})
+    fn = get_deployed_function(project_name, "waits_for")
+    gate = tmp_path / "gate"
+    invocation_id = fn.start(str(gate))
+    assert not fn.get(invocation_id).status.is_final
+    gate.touch()
+    assert fn.await_result(invocation_id, timeout=90) is True
 
 
 def test_result_of_a_class_the_application_lacks(register, project_name: str) -> None:

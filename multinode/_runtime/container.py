@@ -144,7 +144,8 @@ class Runner:
         function = self.functions.get(run.function_name)
         if function is None:
             raise LookupError(f"main.py declares no function {run.function_name!r}")
-        payload = _serialization.decode(json.dumps(run.args))
+        positional = _serialization.positional_names(function.fn)
+        args, kwargs = _serialization.decode_arguments(json.dumps(run.args), positional)
         os.environ[ENV_INVOCATION_ID] = run.invocation_id  # nested invocations record their parent
         with self._lock:
             self._in_user_code = True
@@ -153,7 +154,7 @@ class Runner:
                 self._in_user_code = False
                 raise error
         try:
-            value = function.fn(*payload["args"], **payload["kwargs"])
+            value = function.fn(*args, **kwargs)
             if inspect.isgenerator(value):
                 value = self._drain(value)
         finally:

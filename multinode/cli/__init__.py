@@ -18,27 +18,33 @@ def main() -> None:
 
 
 def _run() -> int:
-    """Run the app; the single error boundary: one line on stderr and a non-zero exit code."""
-    import click
+    """Run the app; the single error boundary: one line on stderr and a non-zero exit code.
 
+    typer's standalone mode handles what its own (vendored) click raises: a usage error prints the usage
+    line and message (exit 2), a declined prompt prints "Aborted" (exit 1), ``typer.Exit`` and Ctrl-C
+    give their codes; it ends with ``SystemExit`` every time. Our own errors pass through it."""
     from multinode.errors import MultinodeError
 
     try:
-        result = app(standalone_mode=False)
+        app()
+    except SystemExit as exc:
+        return _exit_code(exc.code)
     except MultinodeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
     except Exception as exc:
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return result if isinstance(result, int) else 0
+    return 0
+
+
+def _exit_code(code: str | int | None) -> int:
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)  # sys.exit("message") means: print it, fail
+    return 1
 
 
 __all__ = ["app", "main"]

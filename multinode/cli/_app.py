@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import signal
 import threading
-import time
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+LOCAL_PROBE_SECONDS = 3.0
+"""How long `mn dev` waits for a program on its local port to answer as a Temporal server."""
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PROJECT", help="Project name.")]
@@ -73,13 +76,16 @@ def _jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or infinities: print their names, as strings, rather than invalid JSON.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(_jsonable(value), indent=2))
+    print(json.dumps(_jsonable(value), indent=2, allow_nan=False))
 
 
 def _when(value: datetime | None) -> str:
@@ -102,17 +108,16 @@ def dev(
     ui_port: Annotated[int, typer.Option(help="Port of the Temporal Web UI.")] = 8233,
 ) -> None:
     """Run the local stack: the embedded Temporal dev server (with Web UI) and a control-plane worker."""
-    from multinode._devserver import DevServer, port_open
+    from multinode._devserver import DevServer
 
     settings = _settings()
     server = None
-    host, _, port_text = settings.temporal_address.rpartition(":")
-    if port_text == str(port) and port_open(host or "127.0.0.1", port):
+    running = _running_temporal(settings, port)
+    if running is not None:
+        settings = running
         console.print(f"Using the Temporal server already running at {settings.temporal_address}.")
     else:
-        settings = settings.model_copy(
-            update={"temporal_profile": {**settings.temporal_profile, "address": f"127.0.0.1:{port}"}}
-        )
+        settings = _at_address(settings, f"127.0.0.1:{port}")
         server = DevServer(
             port=port, ui_port=ui_port, db_file=settings.home / "temporal.db", log_file=settings.home / "temporal.log"
         )
@@ -124,6 +129,37 @@ def dev(
     finally:
         if server is not None:
             server.stop()
+
+
+def _at_address(settings: MultinodeSettings, address: str) -> MultinodeSettings:
+    return settings.model_copy(update={"temporal_profile": {**settings.temporal_profile, "address": address}})
+
+
+def _running_temporal(settings: MultinodeSettings, port: int) -> MultinodeSettings | None:
+    """Settings for the Temporal server that already listens on the port (TEMPORAL_ADDRESS's, else a local
+    one), to reuse; None when nothing listens. Another program on the local port fails at once, naming it,
+    rather than after the dev server's start timeout."""
+    from multinode._client import CONNECT_TIMEOUT_SECONDS, connect, is_local_address
+    from multinode._devserver import port_in_use_error, port_open
+    from multinode.errors import TemporalUnreachableError
+
+    candidates = [_at_address(settings, f"127.0.0.1:{port}")]
+    if settings.temporal_address.rpartition(":")[2] == str(port):
+        candidates.insert(0, settings)  # with its TLS settings
+    for candidate in candidates:
+        host = candidate.temporal_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if not port_open(host, port):
+            continue
+        local = is_local_address(candidate.temporal_address)
+        try:
+            # A local server answers in milliseconds; a program that is not one may never answer.
+            _run(connect(candidate, timeout=LOCAL_PROBE_SECONDS if local else CONNECT_TIMEOUT_SECONDS))
+        except TemporalUnreachableError as exc:
+            if not local:
+                raise
+            raise port_in_use_error(port, ui=False, why=f"not a Temporal server: {exc.cause}") from exc
+        return candidate
+    return None
 
 
 @app.command()
@@ -151,12 +187,22 @@ def register(
         str | None, typer.Option(help="fargate: an image built elsewhere from `mn build-context`, instead of Docker.")
     ] = None,
     as_json: JsonOpt = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="On failure, print the full traceback (or uv's output) too.")
+    ] = False,
 ) -> None:
     """Upload a tasks folder as a new version of a project; prints the version id."""
     from multinode._registration import register_async
+    from multinode.errors import InvalidTasksFolderError
 
-    with console.status(f"Registering {path} as project {project!r}..."):
-        record = _run(register_async(path, project, _settings(), provisioner=provisioner, image=image))
+    try:
+        with console.status(f"Registering {path} as project {project!r}..."):
+            record = _run(register_async(path, project, _settings(), provisioner=provisioner, image=image))
+    except InvalidTasksFolderError as exc:
+        if verbose and exc.details:
+            # Above the one-line error the CLI prints last, as Python puts a traceback above its error.
+            err_console.print(exc.details, markup=False, highlight=False, soft_wrap=True)
+        raise
     if as_json:
         _print_json({"project": project, "version_id": record.version_id, "functions": sorted(record.functions)})
     else:
@@ -207,7 +253,9 @@ def describe(
     from multinode._registry import read_project
 
     if target.startswith("inv-") and function is None:
-        _show_invocation(_run(get_invocation(_settings(), target)), as_json)
+        from multinode.cli._invocation_cmds import show_invocation
+
+        show_invocation(_run(get_invocation(_settings(), target)), as_json)
         return
 
     async def go() -> Any:
@@ -249,7 +297,9 @@ def _describe_function(project: str, latest: Any, function: str, as_json: bool) 
         f"max_concurrency {config.max_concurrency}, max_retries {config.max_retries}"
         + (", generator (yields progress)" if config.is_generator else "")
     )
-    _print_invocations(recent[:10], title="recent invocations")
+    from multinode.cli._invocation_cmds import print_invocations
+
+    print_invocations(recent[:10], title="recent invocations")
 
 
 @app.command()
@@ -266,144 +316,5 @@ def delete(
     console.print(f"Deleted project {project!r}; cancelled {cancelled} in-flight invocation(s).")
 
 
-# --- invocations --------------------------------------------------------------------------------
-
-
-def _parse_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-@app.command()
-def invoke(
-    function: Annotated[str, typer.Argument(help="Function name.")],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments, each read as JSON if it parses.")] = None,  # noqa: UP007
-    project: ProjectOpt = ...,  # type: ignore[assignment]
-    wait: Annotated[bool, typer.Option("--wait", "--follow", "-f", help="Wait and show progress.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Start an invocation; prints its id (with --follow, waits and prints the result)."""
-    from multinode import get_deployed_function
-
-    fn = get_deployed_function(project, function, settings=_settings())
-    invocation_id = fn.start(*[_parse_arg(a) for a in args or []])
-    if not wait:
-        _print_json({"invocation_id": invocation_id}) if as_json else print(invocation_id)
-        return
-    out = err_console if as_json else console  # with --json, stdout holds only the JSON
-    out.print(f"Invocation {invocation_id}")
-    last_status = None
-    with out.status("PENDING") as status:
-        while True:
-            inv = fn.get(invocation_id)
-            text = f"{inv.status.value}" + (f"  progress: {inv.result!r}" if inv.result is not None else "")
-            status.update(text)
-            if inv.status != last_status:
-                out.print(f"{_when(datetime.now())}  {inv.status.value}")
-                last_status = inv.status
-            if inv.status.is_final:
-                break
-            time.sleep(0.5)
-    _show_invocation(inv, as_json)
-    if inv.status.value != "SUCCEEDED":
-        raise typer.Exit(1)
-
-
-def _print_invocations(invocations: list[Any], title: str | None = None) -> None:
-    table = Table(title=title)
-    for column in ("invocation", "status", "created", "duration", "progress / result"):
-        table.add_column(column)
-    for inv in invocations:
-        table.add_row(
-            inv.invocation_id,
-            inv.status.value,
-            _when(inv.created_at),
-            _duration(inv.started_at, inv.finished_at),
-            "" if inv.result is None else repr(inv.result)[:60],
-        )
-    console.print(table)
-
-
-def _show_invocation(inv: Any, as_json: bool) -> None:
-    if as_json:
-        _print_json(inv)
-        return
-    console.print(f"[bold]{inv.invocation_id}[/]  {inv.project_name}.{inv.function_name} ({inv.version_id})")
-    console.print(f"status      {inv.status.value}   terminated {inv.terminated}")
-    console.print(
-        f"created     {_when(inv.created_at)}   started {_when(inv.started_at)}   finished {_when(inv.finished_at)}"
-    )
-    if inv.parent_invocation_id:
-        console.print(f"parent      {inv.parent_invocation_id}")
-    console.print(f"result      {inv.result!r}")
-    if inv.error:
-        console.print(f"error       {inv.error}")
-        if inv.error.traceback:
-            console.print(inv.error.traceback, markup=False, highlight=False)
-    table = Table(title=f"executions ({inv.num_failed_attempts} failed)")
-    for column in ("attempt", "execution", "status", "started", "duration", "error"):
-        table.add_column(column)
-    for e in inv.executions:
-        table.add_row(
-            str(e.attempt),
-            e.execution_id,
-            e.status.value,
-            _when(e.started_at),
-            _duration(e.started_at, e.finished_at),
-            str(e.error or ""),
-        )
-    console.print(table)
-
-
-@app.command()
-def get(
-    invocation_id: Annotated[str, typer.Argument(help="Invocation id.")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Show an invocation: status, result or error, and every execution."""
-    from multinode._admin import get_invocation
-
-    _show_invocation(_run(get_invocation(_settings(), invocation_id)), as_json)
-
-
-@app.command()
-def cancel(invocation_id: Annotated[str, typer.Argument(help="Invocation id.")]) -> None:
-    """Cancel an invocation (a no-op if it already ended)."""
-    from multinode._admin import cancel_invocation
-
-    _run(cancel_invocation(_settings(), invocation_id))
-    console.print(f"Cancellation requested for {invocation_id}.")
-
-
-@app.command("list")
-def list_(
-    function: Annotated[str, typer.Argument(help="Function name.")],
-    project: ProjectOpt,
-    status: Annotated[str | None, typer.Option(help="Only this status, e.g. RUNNING.")] = None,  # noqa: UP007
-    offset: Annotated[str | None, typer.Option(help="Offset printed by the previous page.")] = None,  # noqa: UP007
-    as_json: JsonOpt = False,
-) -> None:
-    """List a function's invocations, newest first (50 per page)."""
-    from multinode._admin import list_invocations
-
-    page, invocations = _run(list_invocations(_settings(), project, function, offset, status))
-    if as_json:
-        _print_json({"invocations": invocations, "offset": page.offset})
-        return
-    _print_invocations(invocations)
-    if page.offset:
-        console.print(f"More: --offset {page.offset}")
-
-
-@app.command()
-def logs(
-    invocation_id: Annotated[str, typer.Argument(help="Invocation id.")],
-    execution: Annotated[str | None, typer.Option(help="One execution id (default: the latest).")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the invocation ends.")] = False,
-) -> None:
-    """Print what an invocation's code printed (stdout and stderr)."""
-    from multinode._admin import print_logs
-
-    _run(print_logs(_settings(), invocation_id, execution, follow))
+# Registers the invocation commands on ``app``, after the ones above (the order of `mn --help`).
+from multinode.cli import _invocation_cmds  # noqa: E402, F401

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 import multinode
-from multinode.errors import InvalidTasksFolderError, ProvisionerError
+from multinode.errors import InvalidTasksFolderError, MultinodeError, ProvisionerError
 
 IGNORED_NAMES = frozenset(
     {"__pycache__", ".git", ".hg", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -31,6 +32,8 @@ RUNTIME_DISTRIBUTIONS = ("temporalio", "jsonpickle", "pydantic", "python-dotenv"
 """What the container runtime imports, pinned to the control plane's versions."""
 ENV_BUILD_TIMEOUT_SECONDS = 1800
 """Longest an environment build may take."""
+SUMMARY_MAX_CHARS = 400
+"""A one-line error summary is cut here; the full text goes to the registration log."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class LocalVersionStore:
     def env_python(self, key: str) -> Path:
         return self.env_dir(key) / "bin" / "python"
 
-    def build(self, tasks_dir: Path) -> BuiltVersion:
+    def build(self, tasks_dir: Path, *, shown_as: Path | None = None) -> BuiltVersion:
+        """Store ``tasks_dir`` and its environment; errors name it as ``shown_as`` (as the user typed it)."""
         digest = code_digest(tasks_dir)
         code_dir = self._store_code(tasks_dir, digest)
         requirements = tasks_dir / "requirements.txt"
@@ -87,7 +91,10 @@ class LocalVersionStore:
         key = hashlib.sha256(
             b"\0".join([sys.version.encode(), "\n".join(runtime_pins()).encode(), req_bytes])
         ).hexdigest()[:24]
-        self._build_env(key, code_dir / "requirements.txt" if req_bytes else None)
+        try:
+            self._build_env(key, code_dir / "requirements.txt" if req_bytes else None)
+        except _InstallFailed as failed:
+            raise _install_error(failed.output, code_dir, shown_as or tasks_dir, req_bytes) from None
         return BuiltVersion(
             code_digest=digest,
             artifact={"code_digest": digest, "env_key": key},
@@ -138,11 +145,17 @@ class LocalVersionStore:
             shutil.rmtree(env_dir, ignore_errors=True)  # a build that was interrupted
             uv = _uv()
             env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(env_dir)}
-            _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env, "Creating the environment")
+            created = _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env)
+            if created.returncode != 0:
+                raise ProvisionerError(
+                    f"Creating the environment {env_dir} failed: {summarize_uv_error(created.stderr)}"
+                )
             install = [uv, "pip", "install", "--quiet", "--python", str(env_dir / "bin" / "python"), *runtime_pins()]
             if requirements is not None:
                 install += ["-r", str(requirements)]
-            _run(install, env, "Installing requirements.txt")
+            installed = _run(install, env)
+            if installed.returncode != 0:
+                raise _InstallFailed((installed.stderr or installed.stdout).strip())
             purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
             (purelib / "_multinode_runtime.pth").write_text(str(self.link_runtime()) + "\n")
             ready.touch()
@@ -160,17 +173,95 @@ def _uv() -> str:
         return found
 
 
-def _run(command: list[str], env: dict[str, str], what: str) -> None:
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(
+        return subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_SECONDS, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise InvalidTasksFolderError(
-            f"{what} took longer than {ENV_BUILD_TIMEOUT_SECONDS} s.", path=str(command[-1])
+        raise ProvisionerError(
+            f"Building an environment with uv took longer than {ENV_BUILD_TIMEOUT_SECONDS} s."
         ) from exc
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise InvalidTasksFolderError(
-            f"{what} failed; fix requirements.txt and register again.", path=str(command[-1]), details=tail
+
+
+class _InstallFailed(Exception):
+    """uv could not install the runtime and requirements.txt; ``output`` is what it printed."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__(output)
+        self.output = output
+
+
+def _install_error(output: str, code_dir: Path, shown_as: Path, requirements: bytes) -> MultinodeError:
+    output = shown_paths(output, code_dir, shown_as)
+    if not requirements:  # only Multinode's own pins were installed: not the user's to fix
+        return ProvisionerError(
+            f"Installing Multinode's runtime into an environment failed: {summarize_uv_error(output)}"
         )
+    shown = str(shown_as / "requirements.txt")
+    summary = summarize_uv_error(output)
+    line = None
+    at = _AT_POSITION.search(summary)
+    if at is not None and at.group(1) == shown:
+        line = requirements[: int(at.group(2))].count(b"\n") + 1
+        summary = summary[: at.start()] + summary[at.end() :]
+    where = shown if line is None else f"{shown}:{line}"
+    return InvalidTasksFolderError(f"{where}: {summary}", path=str(shown_as), details=output, file=shown, line=line)
+
+
+_AT_POSITION = re.compile(r" in `([^`]+)` at position (\d+)")
+_CAUSE = re.compile(r"^\s*(?:cause|Caused by):\s*")
+_STDERR_MARKERS = ("--- stderr", "[stderr]")
+
+
+def summarize_uv_error(output: str) -> str:
+    """uv's error, its causes and a hint on one line, without its carets and build logs.
+
+    A build's own stderr is long; its last line is usually the reason, so that one is kept.
+    """
+    parts: list[str] = []
+    hint = ""
+    build_stderr: list[str] = []
+    in_stderr = False
+    for raw in output.splitlines():
+        text = raw.strip()
+        if not text or set(text) <= set("^~ "):
+            continue
+        if text in _STDERR_MARKERS:
+            in_stderr = True
+        elif text.startswith("error:"):
+            parts.append(text.removeprefix("error:").strip())
+        elif _CAUSE.match(raw):
+            in_stderr = False
+            parts.append(_CAUSE.sub("", raw).strip())
+        elif text.startswith("hint:"):
+            hint = hint or text.removeprefix("hint:").strip()
+        elif in_stderr:
+            if not text.startswith("---"):
+                build_stderr.append(text)
+        elif parts and raw[:1].isspace():
+            parts[-1] += f" {text}"  # a cause continued on the next line
+    if build_stderr:
+        parts.append(build_stderr[-1])
+    summary = ": ".join(parts) or next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+    summary += f" (hint: {hint})" if hint else ""
+    summary = " ".join(summary.split())
+    return summary if len(summary) <= SUMMARY_MAX_CHARS else summary[: SUMMARY_MAX_CHARS - 3] + "..."
+
+
+def shown_paths(text: str, code_dir: Path, shown_as: Path) -> str:
+    """``text`` with the stored copy ``code_dir`` replaced by the tasks folder as the user named it.
+
+    Tools print the stored copy absolute, through or past symlinks, or relative to their working
+    directory (uv does); every spelling that ends in the digest folder is replaced.
+    """
+    spellings = {str(code_dir), str(code_dir.resolve())}
+    cwd = os.getcwd()
+    for spelling in list(spellings):
+        relative = os.path.relpath(spelling, cwd)
+        if not relative.startswith("."):  # "." or "..": not a spelling uv uses, and would match too much
+            spellings.add(relative)
+    shown = str(shown_as)
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling + os.sep, "" if shown == "." else shown + os.sep).replace(spelling, shown)
+    return text
