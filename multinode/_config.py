@@ -68,7 +68,8 @@ def parse_memory_mib(value: object) -> int:
     """Parse ``"256 MiB"``-style sizes into whole MiB (rounded up), validating the limit."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise ConfigurationError(
-            f'memory must be a string with a unit such as "512 MiB" or "4 GiB", got {value!r}.',
+            f'memory must be a string with a unit such as "512 MiB" or "4 GiB" (more than 0, at most "64 GiB"), '
+            f"got {value!r}.",
             parameter="memory",
         )
     match = _MEMORY_RE.match(value)
@@ -76,7 +77,7 @@ def parse_memory_mib(value: object) -> int:
     if match is None or unit not in _UNITS_MIB:
         raise ConfigurationError(
             f"memory={value!r} is not a size Multinode understands: write a number and a unit "
-            f'(B, KiB, MiB, GiB, KB, MB, GB), e.g. "512 MiB".',
+            f'(B, KiB, MiB, GiB, KB, MB, GB), e.g. "512 MiB"; more than 0, at most "64 GiB".',
             parameter="memory",
         )
     mib_float = float(match.group(1)) * _UNITS_MIB[unit]
@@ -107,12 +108,16 @@ def build_function_config(
 ) -> FunctionConfig:
     """Validate the user's options; every error names the parameter and its limit."""
     if isinstance(cpu, bool) or not isinstance(cpu, (int, float)):
-        raise ConfigurationError(f"cpu must be a number of virtual CPUs (e.g. 0.5 or 2), got {cpu!r}.", parameter="cpu")
+        raise ConfigurationError(
+            f"cpu must be a number of virtual CPUs (e.g. 0.5 or 2), more than 0 and at most 16, got {cpu!r}.",
+            parameter="cpu",
+        )
     if not 0 < cpu <= MAX_CPU:
         raise ConfigurationError(f"cpu={cpu} is out of range: it must be more than 0 and at most 16.", parameter="cpu")
     if not isinstance(timeout, timedelta):
         raise ConfigurationError(
-            f"timeout must be a datetime.timedelta (e.g. timedelta(minutes=30)), got {timeout!r}.",
+            f"timeout must be a datetime.timedelta (e.g. timedelta(minutes=30)), more than 0 and at most 24 hours, "
+            f"got {timeout!r}.",
             parameter="timeout",
         )
     if not timedelta(0) < timeout <= MAX_TIMEOUT:

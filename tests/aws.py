@@ -78,14 +78,6 @@ class AwsTarget:
         return boto3.session.Session().client(service, **kwargs)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _moto_api(endpoint_url: str, path: str, body: dict[str, Any]) -> None:
     request = urllib.request.Request(
         f"{endpoint_url}/moto-api/{path}",
@@ -93,7 +85,7 @@ def _moto_api(endpoint_url: str, path: str, body: dict[str, Any]) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:  # moto's first request loads its backends
         response.read()
 
 
@@ -110,10 +102,11 @@ def fixture_aws_target() -> Iterator[AwsTarget]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server binds a free port itself (a port picked beforehand may be taken before the bind,
+    # and then start() waits forever for a server that failed).
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    endpoint_url = f"http://127.0.0.1:{port}"
+    endpoint_url = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     # moto moves an ECS task from RUNNING towards STOPPED by itself, one step per DescribeTasks. On
     # Fargate a task runs until its container exits or StopTask: make moto's tasks wait for StopTask.
     _moto_api(

@@ -72,6 +72,11 @@ def settings(
         "MULTINODE_TASK_QUEUE": f"test-{uuid.uuid4().hex[:12]}",
         "MULTINODE_HOME": str(home),
         "MULTINODE_GRACE_PERIOD_SECONDS": "5",
+        # How long the SDK waits for a control-plane worker (registration's update, `.get`'s query). The
+        # default 5 s is tight on a loaded CI machine, where a fresh worker's first workflow task can take
+        # seconds and a slow query silently degrades `.get` (no executions); waiting longer costs nothing.
+        # Tests that exercise a missing worker set their own shorter wait.
+        "MULTINODE_WORKER_WAIT_SECONDS": "30",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -119,8 +119,8 @@ class FakeFargate:
             processes = list(self._all)
         return [p.pid for p in processes if p.poll() is None]
 
-    def wait_started(self, task_arn: str, timeout: float = 10.0) -> int:
-        """The pid of a task's process once it runs."""
+    def wait_started(self, task_arn: str, timeout: float = 60.0) -> int:
+        """The pid of a task's process once it runs (the fake polls moto, which is slow on a loaded machine)."""
         deadline = time.monotonic() + timeout
         while task_arn not in self.pids:
             if time.monotonic() > deadline:

@@ -11,6 +11,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from multinode._client import connect
+from multinode._registry import check_control_plane
 from multinode._settings import MultinodeSettings
 from multinode._worker import run_worker
 
@@ -31,6 +33,18 @@ def assert_eventually(check: Callable[[], T], *, timeout: float = 30.0, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {message or check}") from last
         time.sleep(interval)
+
+
+def wait_for_worker(settings: MultinodeSettings, timeout: float = 90.0) -> None:
+    """Wait until a control-plane worker polls the settings' task queue: a worker process (``mn worker``)
+    takes seconds to start, many more on a loaded machine. Temporal remembers pollers for minutes, so
+    this says nothing on a queue that a worker now stopped polled."""
+
+    async def polled() -> None:
+        client = await connect(settings)
+        await check_control_plane(client, settings.model_copy(update={"worker_wait_seconds": timeout}))
+
+    asyncio.run(polled())
 
 
 def write_tasks(root: Path, files: dict[str, str]) -> Path:

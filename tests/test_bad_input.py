@@ -160,10 +160,13 @@ def test_decorator_validation_at_decoration_time() -> None:
         ({"max_retries": 51}, "from 0 to 50"),
         ({"max_retries": 1.5}, "max_retries must be an integer"),
     ]
+    limits = {"cpu": "at most 16", "memory": '"64 GiB"', "timeout": "at most 24 hours"}
     for options, message in cases:
         with pytest.raises(ValidationError, match=message) as info:
             mn.function(**options)(lambda: None)
-        assert info.value.parameter == next(iter(options))  # type: ignore[attr-defined]
+        parameter = next(iter(options))
+        assert info.value.parameter == parameter  # type: ignore[attr-defined]
+        assert limits.get(parameter, "") in str(info.value)  # every error states the range too
     with pytest.raises(ValidationError, match="Did you forget parentheses"):
         mn.function(lambda: None)  # type: ignore[arg-type]
 

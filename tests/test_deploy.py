@@ -136,15 +136,12 @@ def _free_port() -> int:
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server binds a free port itself; start() returns once it listens. (A port picked
+    # beforehand may be taken before the bind, and then start() waits forever for a server that failed.)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", port):
-            assert time.monotonic() < deadline, "moto server did not listen"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     finally:
         server.stop()
 
@@ -266,7 +263,7 @@ def test_terraform_needs_a_network(terraform: Terraform) -> None:
 
 
 @needs_terraform
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # apply and destroy: ~1 min on a quiet machine, ~2 min on a loaded one
 def test_terraform_apply_against_moto(terraform: Terraform, moto_endpoint: str) -> None:
     var_file = "-var-file=moto.tfvars.json"
     terraform.run("apply", "-auto-approve", "-input=false", var_file, timing="apply")

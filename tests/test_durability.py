@@ -17,7 +17,7 @@ from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
 from multinode.provisioner.local import LocalProvisioner
 from tests.conftest import start_dev_server
-from tests.helpers import ThreadWorker, assert_eventually, write_tasks
+from tests.helpers import ThreadWorker, assert_eventually, wait_for_worker, write_tasks
 
 TASKS = """
 import time
@@ -44,6 +44,7 @@ def _worker_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.timeout(300)  # ~30 s on a quiet machine, of which ~15 s are Temporal's own timeouts
 def test_killing_the_control_plane_worker_loses_nothing(
     register, project_name: str, settings: MultinodeSettings, tmp_path: Path, worker: ThreadWorker
 ) -> None:
@@ -53,12 +54,12 @@ def test_killing_the_control_plane_worker_loses_nothing(
     fn = get_deployed_function(project_name, "slow_square")
     marker = tmp_path / "started"
     invocation_id = fn.start(7, str(marker))
-    assert_eventually(marker.exists, timeout=30)
+    assert_eventually(marker.exists, timeout=90)  # the worker process starts, then a container
     process.send_signal(signal.SIGKILL)
     process.wait()
     replacement = _worker_process(os.environ.copy())
     try:
-        assert fn.await_result(invocation_id, timeout=90) == 49
+        assert fn.await_result(invocation_id, timeout=150) == 49
         invocation = fn.get(invocation_id)
         assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
         assert len(invocation.executions) == 1
@@ -75,6 +76,7 @@ def persistent_server(tmp_path: Path) -> Iterator[DevServer]:
     server.stop()
 
 
+@pytest.mark.timeout(300)  # two server starts, a worker process and a container, on a loaded machine
 def test_restarting_the_temporal_server_loses_nothing(
     persistent_server: DevServer, settings: MultinodeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,6 +84,7 @@ def test_restarting_the_temporal_server_loses_nothing(
     own = MultinodeSettings.from_env()
     process = _worker_process(os.environ.copy())
     try:
+        wait_for_worker(own)  # registration needs it polling
         import asyncio
 
         from multinode._registration import register_async
@@ -92,7 +95,7 @@ def test_restarting_the_temporal_server_loses_nothing(
         fn = get_deployed_function(project, "slow_square", settings=own)
         marker = tmp_path / "started"
         invocation_id = fn.start(9, str(marker))
-        assert_eventually(marker.exists, timeout=30)
+        assert_eventually(marker.exists, timeout=60)
         persistent_server.stop()
         persistent_server.start()
         assert fn.await_result(invocation_id, timeout=120) == 81

@@ -603,7 +603,7 @@ def test_a_task_ecs_does_not_know_counts_as_gone_after_a_grace(
     provisioner.missing_grace_seconds = 0.5
     unknown = f"arn:aws:ecs:{fargate_settings.region}:123456789012:task/{fargate_settings.cluster}/{uuid.uuid4().hex}"
     assert provisioner.status(unknown).state == "running"
-    status = exited(provisioner, unknown, timeout=10)
+    status = exited(provisioner, unknown, timeout=30)
     assert status.exit_code is None and "ECS has no task" in status.reason
     provisioner.stop(unknown)  # nothing to stop
 
@@ -752,7 +752,7 @@ def test_fake_data_plane_runs_a_task_and_stop_task_kills_it(
     assert "GREETING=hello from the overrides PYTHONUNBUFFERED=1\n" in text
     assert provisioner.status(arn).state == "running"
     provisioner.stop(arn)
-    assert_eventually(lambda: not _alive(pid), timeout=10)
+    assert_eventually(lambda: not _alive(pid), timeout=30)  # at the fake's next poll of moto
     assert_eventually(lambda: fake.exit_codes.get(arn) == 137)
     status = provisioner.status(arn)
     assert status.state == "exited" and status.exit_code is None and STOP_REASON in status.reason
@@ -795,13 +795,15 @@ def test_fake_data_plane_leaves_no_process_behind(
     fake = fake_fargate(lambda uri: image)
     arn = provisioner.start(spec())
     pid = fake.wait_started(arn)
+    child_pid_file = image.workdir / "child.pid"
+    # The shell creates the file before it writes to it: read it once both words are there.
     child = int(
         assert_eventually(
-            lambda: (image.workdir / "child.pid").is_file() and (image.workdir / "child.pid").read_text().split()[1]
+            lambda: child_pid_file.is_file() and len(words := child_pid_file.read_text().split()) == 2 and words[1]
         )
     )
     provisioner.stop(arn)  # the whole task goes, its background process too
-    assert_eventually(lambda: not _alive(pid) and not _alive(child), timeout=10)
+    assert_eventually(lambda: not _alive(pid) and not _alive(child), timeout=30)
     second = provisioner.start(spec())
     second_pid = fake.wait_started(second)
     fake.stop()  # shutting the fake down kills what still runs

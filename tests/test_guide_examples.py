@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from temporalio.client import Client
 
 from multinode import InvocationStatus, get_deployed_function
@@ -119,6 +120,7 @@ def test_submodule_import_example_with_two_functions(register, project_name: str
     assert product.await_result(product_id, timeout=60) == 0
 
 
+@pytest.mark.timeout(300)  # installs numpy and boto3 (downloaded on a clean machine), then imports them twice
 def test_requirements_and_env_example(register, project_name: str, settings: MultinodeSettings) -> None:
     secret = "s3cr3t-value-that-must-not-reach-temporal"
     register(

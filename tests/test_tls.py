@@ -185,7 +185,7 @@ def assert_refused(settings: MultinodeSettings, *, project: str = "any-project")
 def assert_proxy_refused(proxy: TLSProxy, reason: str) -> None:
     assert_eventually(
         lambda: any(reason in failure for failure in proxy.failures),
-        timeout=10,
+        timeout=30,
         message=f"the proxy refused a handshake with {reason}: {proxy.failures}",
     )
 

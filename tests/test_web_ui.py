@@ -31,7 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-UI_TIMEOUT_MS = 30_000
+UI_TIMEOUT_MS = 60_000
+"""Per page load and expectation: the UI's first load in Chromium takes seconds of CPU, many more when loaded."""
 RUNNING = re.compile(r"^\s*running\s*$", re.IGNORECASE)  # the status badge says "Running", shown upper-case
 
 FUNCTION = "slowly_calculate_sum_of_squares"  # the guide's progress example, as in test_progress
@@ -48,7 +49,7 @@ async def _run_id_once_signalled_progress(settings: MultinodeSettings, invocatio
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium binary (Debian: apt-get install chromium)")
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_web_ui_shows_status_and_progress(
     register, project_name: str, settings: MultinodeSettings, dev_server: DevServer
 ) -> None:
