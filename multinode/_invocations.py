@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -142,7 +143,10 @@ async def await_state(
         deadline = None if timeout is None else loop.time() + timeout
         first = settings.worker_wait_seconds if timeout is None else min(timeout, settings.worker_wait_seconds)
         if not await wait_closed(client, invocation_id, description.run_id, first):
-            if not await _worker_answers(handle, settings):
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise asyncio.TimeoutError
+            if not await _worker_answers(handle, min(settings.worker_wait_seconds, remaining or math.inf)):
                 _warn_no_worker(settings, f"waiting for invocation {invocation_id}")
             remaining = None if deadline is None else deadline - loop.time()
             if not await wait_closed(client, invocation_id, description.run_id, remaining):
@@ -155,6 +159,8 @@ async def await_state(
 
 LOGS_READ_SECONDS = 30.0
 """Once a worker has picked up a log read, how long it may take."""
+MIN_LONG_POLL_SECONDS = 2.0
+"""Shorter waits than this sleep and then look once (a long poll this short comes back at once)."""
 LONG_POLL_SECONDS = 60.0
 """Deadline of one long poll for a workflow's close (renewed until the caller's own deadline)."""
 
@@ -170,8 +176,10 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
     token = b""
     while True:
         remaining = LONG_POLL_SECONDS if deadline is None else min(deadline - loop.time(), LONG_POLL_SECONDS)
-        if remaining <= 0:
-            return False
+        if remaining < MIN_LONG_POLL_SECONDS:
+            # The server answers a long poll this short at once, empty: wait here, then look once.
+            await asyncio.sleep(max(remaining, 0.0))
+            return await _is_closed(client, workflow_id, run_id)
         request = GetWorkflowExecutionHistoryRequest(
             namespace=client.namespace,
             execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
@@ -185,17 +193,26 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
                 request, retry=True, timeout=timedelta(seconds=remaining)
             )
         except RPCError as exc:
-            if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
-                continue  # the loop ends once the caller's deadline has passed
+            # The deadline passed: DEADLINE_EXCEEDED from the server, CANCELLED ("Timeout expired") from
+            # the client's own timer. The loop ends once the caller's deadline has passed.
+            if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                token = b""
+                continue
             raise
         if response.history.events:
             return True
         token = response.next_page_token
 
 
-async def _worker_answers(handle: Any, settings: MultinodeSettings) -> bool:
+async def _is_closed(client: Client, workflow_id: str, run_id: str | None) -> bool:
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    description = await handle.describe(rpc_timeout=timedelta(seconds=LONG_POLL_SECONDS))
+    return description.status != WorkflowExecutionStatus.RUNNING
+
+
+async def _worker_answers(handle: Any, wait_seconds: float) -> bool:
     try:
-        await handle.query(DESCRIBE_QUERY, rpc_timeout=timedelta(seconds=settings.worker_wait_seconds))
+        await handle.query(DESCRIBE_QUERY, rpc_timeout=timedelta(seconds=wait_seconds))
     except RPCError:
         return False
     return True
@@ -218,7 +235,7 @@ def _warn_no_worker(settings: MultinodeSettings, doing: str) -> None:
 
 
 def _decode_result(value: Any) -> Any:
-    return None if value is None else _serialization.decode(json.dumps(value))
+    return None if value is None else _serialization.decode(json.dumps(value), what="The result")
 
 
 def _decode_for_display(value: Any) -> Any:

@@ -26,6 +26,10 @@ logger = logging.getLogger("multinode.worker")
 
 MAX_CONCURRENT_ACTIVITIES = 2_000
 """Activities one control-plane worker runs at once (each running invocation holds one watch)."""
+MAX_CONCURRENT_WORKFLOW_TASKS = 16
+"""Workflow tasks one control-plane worker runs at once. Workflow code holds the GIL, so more at once
+only slows each: with the SDK's 100, a burst of 120 new invocations on a busy 2-core machine ran every
+task past Temporal's 10 s workflow-task timeout, again and again. Waiting tasks stay with the server."""
 
 
 async def ensure_search_attributes(client: Client) -> None:
@@ -62,6 +66,7 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
         # Every running invocation holds a long watch activity here (async, cheap): the default of
         # 100 would let watches starve provisioning and deprovisioning.
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+        max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
     )
 
 

@@ -21,6 +21,10 @@ from tests.conftest import free_port
 from tests.helpers import assert_eventually
 from tests.test_cli import MN
 
+AT_ONCE = _devserver.START_TIMEOUT_SECONDS / 2
+"""Failing "at once": well before the start timeout that a hang would run into, yet with room for `mn`
+starting (a second or two of CPU) on a loaded machine, where a fixed few seconds is not enough."""
+
 
 @contextlib.contextmanager
 def taken_port() -> Iterator[int]:
@@ -41,7 +45,7 @@ def test_mn_dev_names_a_busy_grpc_port_at_once(tmp_path: Path) -> None:
     with taken_port() as port:
         done, elapsed = mn_dev("--port", str(port), "--ui-port", str(free_port()), home=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert elapsed < AT_ONCE, f"took {elapsed:.1f} s"
     assert f"Port {port} is in use by another program (not a Temporal server" in done.stderr, done.stderr
     assert "`mn dev --port PORT`" in done.stderr
 
@@ -50,7 +54,7 @@ def test_mn_dev_names_a_busy_ui_port_at_once(tmp_path: Path) -> None:
     with taken_port() as ui_port:
         done, elapsed = mn_dev("--port", str(free_port()), "--ui-port", str(ui_port), home=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert elapsed < AT_ONCE, f"took {elapsed:.1f} s"
     assert f"Port {ui_port}, for the Temporal Web UI, is in use by another program" in done.stderr, done.stderr
     assert "`mn dev --ui-port PORT`" in done.stderr
 
@@ -67,7 +71,7 @@ def test_a_port_taken_after_the_check_is_named_from_the_server_log(
         began = time.monotonic()
         with pytest.raises(MultinodeError, match=f"Port {port}{', for the Temporal Web UI,' if busy == 'ui' else ''} "):
             server.start()
-    assert time.monotonic() - began < 15
+    assert time.monotonic() - began < AT_ONCE
     assert server.process is not None and server.process.poll() is not None
 
 

@@ -10,6 +10,7 @@ import pytest
 from temporalio.client import Client
 
 from multinode import InvocationStatus, get_deployed_function
+from multinode._invocations import LOGS_READ_SECONDS
 from multinode._settings import MultinodeSettings
 from multinode.errors import AwaitTimeoutError, ControlPlaneUnavailableError, ValidationError
 from tests.helpers import ThreadWorker
@@ -71,7 +72,8 @@ def test_calls_without_a_worker(
     begun = time.monotonic()
     with pytest.raises(ControlPlaneUnavailableError, match="mn worker"):
         fn.logs(done)
-    assert time.monotonic() - begun < 15
+    # Refused once nothing picked the read up (after ~1 s), not after the wait for a worker that took it.
+    assert time.monotonic() - begun < LOGS_READ_SECONDS
     assert _running_logs_workflows(settings) == 0  # the unanswered read left nothing behind
 
     back = ThreadWorker(settings)
