@@ -24,11 +24,9 @@ from multinode import _invocations, _serialization
 from multinode._client import get_client, is_not_found, rpc_boundary, run_sync
 from multinode._listing import newest_first
 from multinode._protocol import (
-    ACQUIRE_MANY_SIGNAL,
     CHILD_STARTED_SIGNAL,
     ENV_INVOCATION_ID,
     INVOCATION_WORKFLOW,
-    QUOTA_WORKFLOW,
     SA_FUNCTION,
     SA_PARENT,
     SA_PROJECT,
@@ -36,18 +34,18 @@ from multinode._protocol import (
     SA_VERSION,
     FunctionRecord,
     InvocationInput,
-    QuotaState,
     SlotRequest,
     VersionRecord,
     quota_workflow_id,
 )
 from multinode._registry import check_project_name, resolve_version
 from multinode._settings import MultinodeSettings
+from multinode._slots import queue_at_quota
 from multinode._types import Invocation, InvocationIdsList
 from multinode.errors import AwaitTimeoutError, ConfigurationError, FunctionNotFoundError, ValidationError
 
-SLOT_REQUESTS_PER_SIGNAL = 500
-"""Slot requests sent to a quota in one signal by ``.map`` (keeps the signal far below payload limits)."""
+MAP_QUEUE_CHUNK = 100
+"""``.map`` starts its invocations in chunks of this many, queueing each chunk at the quota at once."""
 LIST_PAGE_SIZE = 50
 """Invocation ids per page of ``.list``."""
 MAP_START_CONCURRENCY = 32
@@ -169,23 +167,15 @@ class DeployedFunction:
         """Queue the invocations at the function's quota, in this order, before ``.start`` returns: so an
         invocation started before another is served before it (first come, first served).
 
-        Best effort: an invocation whose request is lost here asks the quota itself a little later.
+        Best effort: if this request fails, the invocation asks the quota itself 10 s later.
         """
         quota_id = quota_workflow_id(self.project_name, self.function_name)
         now = datetime.now(timezone.utc).isoformat()
         requests = [SlotRequest(i, now, record.config.max_concurrency) for i in invocation_ids]
-        for first in range(0, len(requests), SLOT_REQUESTS_PER_SIGNAL):
-            try:
-                await client.start_workflow(
-                    QUOTA_WORKFLOW,
-                    QuotaState(quota_id=quota_id),
-                    id=quota_id,
-                    task_queue=self.settings.task_queue,
-                    start_signal=ACQUIRE_MANY_SIGNAL,
-                    start_signal_args=[requests[first : first + SLOT_REQUESTS_PER_SIGNAL]],
-                )
-            except RPCError as exc:
-                _log.warning("could not queue invocations at %s (they will ask themselves): %s", quota_id, exc)
+        try:
+            await queue_at_quota(client, quota_id, self.settings.task_queue, requests)
+        except RPCError as exc:
+            _log.warning("could not queue invocations at %s (they will ask themselves): %s", quota_id, exc)
 
     def start(self, *args: Any, **kwargs: Any) -> str:
         return run_sync(self.start_async(*args, **kwargs))
@@ -231,7 +221,8 @@ class DeployedFunction:
 
         ``timeout`` (seconds, None: no limit) bounds the wait; 0 returns at once if it has ended.
         """
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if timeout is not None and not (number and timeout >= 0):
             raise ValidationError(f"timeout={timeout!r}: pass a number of seconds >= 0, or None to wait without limit.")
         client = await self._client()
         try:
@@ -300,13 +291,21 @@ class DeployedFunction:
             async with gate:
                 return await self._start_workflow(client, version, record, payload)
 
-        outcomes = await asyncio.gather(*(start_one(p) for p in payloads), return_exceptions=True)
-        # Queued in input order, so that the items run in input order as slots free up.
-        started = [o for o in outcomes if isinstance(o, str)]
-        await self._request_slots(client, record, started)
-        for failure in outcomes:
-            if isinstance(failure, BaseException):
+        started: builtins.list[str] = []
+        # Chunk by chunk, each queued at the quota (in input order) as soon as it has started: items
+        # run in input order, and none waits for the whole map to start first.
+        for first in range(0, len(payloads), MAP_QUEUE_CHUNK):
+            outcomes = await asyncio.gather(
+                *(start_one(p) for p in payloads[first : first + MAP_QUEUE_CHUNK]), return_exceptions=True
+            )
+            chunk = [o for o in outcomes if isinstance(o, str)]
+            started += chunk
+            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
+                # All or nothing: what did start is cancelled rather than left running unseen.
+                await asyncio.gather(*(self.cancel_async(i) for i in started), return_exceptions=True)
                 raise failure
+            await self._request_slots(client, record, chunk)
         return started
 
 

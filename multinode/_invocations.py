@@ -160,7 +160,9 @@ async def await_state(
 LOGS_READ_SECONDS = 30.0
 """Once a worker has picked up a log read, how long it may take."""
 MIN_LONG_POLL_SECONDS = 2.0
-"""Shorter waits than this sleep and then look once (a long poll this short comes back at once)."""
+"""Shorter waits than this look every SHORT_WAIT_POLL_SECONDS instead (such a long poll returns at once)."""
+SHORT_WAIT_POLL_SECONDS = 0.2
+"""How often a short wait looks whether the workflow has closed."""
 LONG_POLL_SECONDS = 60.0
 """Deadline of one long poll for a workflow's close (renewed until the caller's own deadline)."""
 
@@ -177,9 +179,13 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
     while True:
         remaining = LONG_POLL_SECONDS if deadline is None else min(deadline - loop.time(), LONG_POLL_SECONDS)
         if remaining < MIN_LONG_POLL_SECONDS:
-            # The server answers a long poll this short at once, empty: wait here, then look once.
-            await asyncio.sleep(max(remaining, 0.0))
-            return await _is_closed(client, workflow_id, run_id)
+            # The server answers a long poll this short at once, empty: look now and then instead.
+            while not await _is_closed(client, workflow_id, run_id):
+                left = deadline - loop.time() if deadline is not None else SHORT_WAIT_POLL_SECONDS
+                if left <= 0:
+                    return False
+                await asyncio.sleep(min(left, SHORT_WAIT_POLL_SECONDS))
+            return True
         request = GetWorkflowExecutionHistoryRequest(
             namespace=client.namespace,
             execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),

@@ -43,20 +43,25 @@ def track_running_loop() -> None:
 def wait_for_native_threads(timeout: float = EXIT_WAIT_SECONDS) -> None:
     """Return once no stopped loop the SDK used is referenced from native code, or after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while _any_loop_held_natively():
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(0.005)
+    pause = 0.002
+    while _any_loop_held_natively() and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _any_loop_held_natively() -> bool:
     """Whether a stopped loop has references that no Python object accounts for (native ones).
 
-    A fresh closed loop, held the same way (only by the list), calibrates the count.
+    A fresh closed loop, held the same way (only by the list), calibrates what this count includes.
     """
     gc.collect()
     with _lock:
         loops = [asyncio.new_event_loop(), *(loop for loop in _loops if not loop.is_running())]
     loops[0].close()
-    counts = [sys.getrefcount(loops[i]) - len(gc.get_referrers(loops[i])) for i in range(len(loops))]
+    counts = [sys.getrefcount(loops[i]) - _python_references(loops[i]) for i in range(len(loops))]
     return any(count > counts[0] for count in counts[1:])
+
+
+def _python_references(obj: object) -> int:
+    """How many references Python objects hold to ``obj`` (an object may hold it more than once)."""
+    return sum(sum(1 for held in gc.get_referents(referrer) if held is obj) for referrer in gc.get_referrers(obj))

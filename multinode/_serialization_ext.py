@@ -208,7 +208,7 @@ class IndexHandler(BaseHandler):
             levels = [obj.get_level_values(i) for i in range(obj.nlevels)]
             data["levels"] = self.context.flatten(levels, reset=False)
         else:
-            data["dtype"] = str(obj.dtype)
+            data["dtype"] = _dtype_text(obj.dtype)
             data["values"] = self.context.flatten(obj.to_numpy(), reset=False)
             if getattr(obj, "freqstr", None):
                 data["freq"] = obj.freqstr
@@ -233,8 +233,22 @@ class IndexHandler(BaseHandler):
         return index
 
 
+def _dtype_text(dtype: Any) -> str:
+    """The dtype's name, if that name alone rebuilds it (a category's name drops its categories)."""
+    import pandas as pd
+
+    text = str(dtype)
+    try:
+        same = pd.api.types.pandas_dtype(text) == dtype
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise TypeError(f"values of dtype {text!r} cannot be pickled portably; convert them (e.g. .astype(str)) first")
+    return text
+
+
 def _flatten_column(context: Any, series: Any) -> dict[str, Any]:
-    return {"dtype": str(series.dtype), "values": context.flatten(series.to_numpy(), reset=False)}
+    return {"dtype": _dtype_text(series.dtype), "values": context.flatten(series.to_numpy(), reset=False)}
 
 
 def _restore_column(context: Any, data: dict[str, Any], index: Any, name: Any) -> Any:
@@ -294,7 +308,7 @@ class TimestampHandler(BaseHandler):
 
 class TimedeltaHandler(BaseHandler):
     def flatten(self, obj: Any, data: dict[str, Any]) -> dict[str, Any]:
-        data["ns"] = int(obj.value) if obj.unit == "ns" else int(obj.as_unit("ns").value)
+        data["ns"] = int(obj.value)  # nanoseconds in every pandas version
         return data
 
     def restore(self, data: dict[str, Any]) -> Any:

@@ -167,6 +167,7 @@ def test_quota_holds_across_two_worker_processes(
         while not all(fn.get(i).status.is_final for i in ids):
             running = asyncio.run(client.count_workflows(query)).count
             peak["running"] = max(peak["running"], running)
+            time.sleep(0.02)
         stop.set()
         sampler.join()
         invocations = [fn.get(i) for i in ids]

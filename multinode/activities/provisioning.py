@@ -15,7 +15,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode._protocol import (
-    ACQUIRE_SIGNAL,
     CANCEL_INVOCATIONS_ACTIVITY,
     DEPROVISION_ACTIVITY,
     ENV_CONTAINER_TASK_QUEUE,
@@ -26,7 +25,6 @@ from multinode._protocol import (
     ENV_VERSION,
     FIND_CLOSED_ACTIVITY,
     PROVISION_ACTIVITY,
-    QUOTA_WORKFLOW,
     READ_LOGS_ACTIVITY,
     REQUEST_SLOT_ACTIVITY,
     WATCH_ACTIVITY,
@@ -35,11 +33,11 @@ from multinode._protocol import (
     LogsChunk,
     LogsRequest,
     ProvisionInput,
-    QuotaState,
     RequestSlotInput,
     container_task_queue,
 )
 from multinode._settings import MultinodeSettings
+from multinode._slots import queue_at_quota
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner import ContainerSpec, Provisioner
 
@@ -133,14 +131,7 @@ class ProvisioningActivities:
     @activity.defn(name=REQUEST_SLOT_ACTIVITY)
     async def request_slot(self, request: RequestSlotInput) -> None:
         """Ask the function's quota workflow for a slot, starting it if it is not running."""
-        await self._client.start_workflow(
-            QUOTA_WORKFLOW,
-            QuotaState(quota_id=request.quota_id),
-            id=request.quota_id,
-            task_queue=activity.info().task_queue,
-            start_signal=ACQUIRE_SIGNAL,
-            start_signal_args=[request.request],
-        )
+        await queue_at_quota(self._client, request.quota_id, activity.info().task_queue, [request.request])
 
     @activity.defn(name=FIND_CLOSED_ACTIVITY)
     async def find_closed_invocations(self, invocation_ids: list[str]) -> list[str]:

@@ -129,9 +129,12 @@ class QuotaWorkflow:
             self.release(invocation_id)
 
     async def _grant_sorted_one_by_one(self) -> None:
-        """The rule of quota runs started before ARRIVAL_ORDER_PATCH (kept so their histories replay)."""
-        self._state.waiting.sort(key=lambda r: (r.created_at, r.invocation_id))
-        while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
+        """The rule of quota runs started before ARRIVAL_ORDER_PATCH (kept so their histories replay):
+        those kept ``waiting`` sorted on every request, including requests that arrive during a grant."""
+        while self._state.waiting:
+            self._state.waiting.sort(key=lambda r: (r.created_at, r.invocation_id))
+            if len(self._state.holders) >= self._state.waiting[0].max_concurrency:
+                break
             request = self._state.waiting.pop(0)
             self._state.holders.append(request.invocation_id)
             try:

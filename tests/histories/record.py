@@ -80,3 +80,30 @@ def test_record(register, project_name: str, settings: MultinodeSettings, tmp_pa
         (f"multinode-quota:{project_name}:flaky", "quota"),
     ]:
         asyncio.run(_save(settings, workflow_id, name))
+
+
+QUEUED = """
+import time
+from multinode import Multinode
+
+mn = Multinode()
+
+@mn.function(max_concurrency=1)
+def one_at_a_time(i):
+    time.sleep(0.3)
+    return i
+"""
+
+
+def test_record_arrival_order(register, project_name: str, settings: MultinodeSettings) -> None:
+    """Quota and invocation histories of the arrival-order rule (``.start``/``.map`` queue at the quota)."""
+    register({"main.py": QUEUED})
+    fn = get_deployed_function(project_name, "one_at_a_time")
+    assert list(fn.map(range(3))) == [0, 1, 2]
+    single = fn.start(7)
+    assert fn.await_result(single, timeout=60) == 7
+    for workflow_id, name in [
+        (single, "invocation_queued_by_the_starter"),
+        (f"multinode-quota:{project_name}:one_at_a_time", "quota_arrival_order"),
+    ]:
+        asyncio.run(_save(settings, workflow_id, name))
