@@ -13,6 +13,7 @@ from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import HistoryEventFilterType, PendingWorkflowTaskState
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
@@ -142,15 +143,22 @@ async def await_state(
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         first = settings.worker_wait_seconds if timeout is None else min(timeout, settings.worker_wait_seconds)
-        if not await wait_closed(client, invocation_id, description.run_id, first):
+        closed = await _wait_close(client, invocation_id, description.run_id, first)
+        if closed is None:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise asyncio.TimeoutError
             if not await _worker_answers(handle, min(settings.worker_wait_seconds, remaining or math.inf)):
                 _warn_no_worker(settings, f"waiting for invocation {invocation_id}")
             remaining = None if deadline is None else deadline - loop.time()
-            if not await wait_closed(client, invocation_id, description.run_id, remaining):
+            closed = await _wait_close(client, invocation_id, description.run_id, remaining)
+            if closed is None:
                 raise asyncio.TimeoutError
+        if closed.HasField("workflow_execution_completed_event_attributes"):
+            # The close event the long poll returned holds the result: no second round trip for it.
+            payloads = closed.workflow_execution_completed_event_attributes.result.payloads
+            [state] = await client.data_converter.decode(payloads, [InvocationState])
+            return state  # type: ignore[no-any-return]
     try:
         return await handle.result()
     except WorkflowFailureError:
@@ -168,7 +176,18 @@ LONG_POLL_SECONDS = 60.0
 
 
 async def wait_closed(client: Client, workflow_id: str, run_id: str | None, timeout: float | None) -> bool:
-    """Wait until the workflow closes (True) or ``timeout`` seconds pass (False; None waits for ever).
+    """Wait until the workflow closes (True) or ``timeout`` seconds pass (False; None waits for ever)."""
+    return await _wait_close(client, workflow_id, run_id, timeout) is not None
+
+
+_CLOSED_UNSEEN = HistoryEvent()
+"""The workflow is closed, as a describe said (so its close event was not fetched)."""
+
+
+async def _wait_close(
+    client: Client, workflow_id: str, run_id: str | None, timeout: float | None
+) -> HistoryEvent | None:
+    """The workflow's close event once it closes (or ``_CLOSED_UNSEEN``), None once ``timeout`` passes.
 
     Every long poll carries its own deadline instead of being abandoned by a timeout: an abandoned
     RPC stays in flight in Temporal's native client, where it can crash a program that exits meanwhile.
@@ -183,9 +202,9 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
             while not await _is_closed(client, workflow_id, run_id):
                 left = deadline - loop.time() if deadline is not None else SHORT_WAIT_POLL_SECONDS
                 if left <= 0:
-                    return False
+                    return None
                 await asyncio.sleep(min(left, SHORT_WAIT_POLL_SECONDS))
-            return True
+            return _CLOSED_UNSEEN
         request = GetWorkflowExecutionHistoryRequest(
             namespace=client.namespace,
             execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
@@ -206,7 +225,7 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
                 continue
             raise
         if response.history.events:
-            return True
+            return response.history.events[-1]
         token = response.next_page_token
 
 

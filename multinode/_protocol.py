@@ -178,6 +178,8 @@ class ContainerHandle:
     handle_id: str
     grace_period_seconds: float
     """The control plane's grace period, fixed when the container starts (workflows read no settings)."""
+    task_queue: str | None = None
+    """The queue the container polls, if the provisioner chose it; None: ``container_task_queue(execution_id)``."""
 
 
 @dataclass
@@ -236,6 +238,7 @@ QUOTA_WORKFLOW = "MultinodeQuota"
 """One per (project, function): grants execution slots first come, first served."""
 QUOTA_WORKFLOW_ID_PREFIX = "multinode-quota:"
 REQUEST_SLOT_ACTIVITY = "multinode.request_slot"
+RELEASE_SLOT_ACTIVITY = "multinode.release_slot"
 FIND_CLOSED_ACTIVITY = "multinode.find_closed_invocations"
 ACQUIRE_SIGNAL = "acquire"
 ACQUIRE_MANY_SIGNAL = "acquire_many"
@@ -245,6 +248,12 @@ SLOT_GRANTED_SIGNAL = "slot_granted"
 
 def quota_workflow_id(project_name: str, function_name: str) -> str:
     return f"{QUOTA_WORKFLOW_ID_PREFIX}{project_name}:{function_name}"
+
+
+@dataclass
+class ReleaseSlotInput:
+    quota_id: str
+    invocation_id: str
 
 
 @dataclass

@@ -16,6 +16,9 @@ Variable                           Meaning                                      
 ``MULTINODE_GRACE_PERIOD_SECONDS`` Time user code gets after an interruption        ``120``
 ``MULTINODE_WORKER_WAIT_SECONDS``  How long the SDK waits for a control-plane        ``5``
                                    worker to answer before failing
+``MULTINODE_LOCAL_POOL_SIZE``      Containers the local provisioner keeps started   ``2``
+                                   ahead of time, per environment (each serves one
+                                   execution only; 0: fork each on demand)
 =================================  ===============================================  =====================
 """
 
@@ -42,6 +45,10 @@ DEFAULT_WORKER_WAIT_SECONDS = 5.0
 """How long an SDK call that needs a control-plane worker waits for one before failing."""
 DEFAULT_PROVISIONER = "local"
 """Container backend used when ``MULTINODE_PROVISIONER`` is unset."""
+DEFAULT_LOCAL_POOL_SIZE = 2
+"""Containers the local provisioner keeps started ahead of time per environment: already connected and
+polling their own task queue, each waiting to be assigned one execution (then replaced). Two cover a
+burst of two starts, and a start while the replacement of the previous one is still connecting."""
 
 _TEMPORAL_PROFILE_ENV = "MULTINODE_TEMPORAL_PROFILE_JSON"
 
@@ -62,6 +69,7 @@ class MultinodeSettings(BaseModel):
     provisioner: str = DEFAULT_PROVISIONER
     grace_period_seconds: float = DEFAULT_GRACE_PERIOD_SECONDS
     worker_wait_seconds: float = DEFAULT_WORKER_WAIT_SECONDS
+    local_pool_size: int = DEFAULT_LOCAL_POOL_SIZE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
@@ -82,6 +90,7 @@ class MultinodeSettings(BaseModel):
             provisioner=env.get("MULTINODE_PROVISIONER") or DEFAULT_PROVISIONER,
             grace_period_seconds=_float(env, "MULTINODE_GRACE_PERIOD_SECONDS", DEFAULT_GRACE_PERIOD_SECONDS),
             worker_wait_seconds=_float(env, "MULTINODE_WORKER_WAIT_SECONDS", DEFAULT_WORKER_WAIT_SECONDS),
+            local_pool_size=_count(env, "MULTINODE_LOCAL_POOL_SIZE", DEFAULT_LOCAL_POOL_SIZE),
         )
 
     @property
@@ -111,6 +120,7 @@ class MultinodeSettings(BaseModel):
             "MULTINODE_PROVISIONER": self.provisioner,
             "MULTINODE_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
             "MULTINODE_WORKER_WAIT_SECONDS": str(self.worker_wait_seconds),
+            "MULTINODE_LOCAL_POOL_SIZE": str(self.local_pool_size),
         }
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
@@ -139,4 +149,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name}={raw!r} is not a number of seconds.", parameter=name) from exc
     if value <= 0:
         raise ConfigurationError(f"{name}={raw!r} must be more than 0.", parameter=name)
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number.", parameter=name) from exc
+    if value < 0:
+        raise ConfigurationError(f"{name}={raw!r} must be 0 or more.", parameter=name)
     return value

@@ -30,6 +30,10 @@ MAX_CONCURRENT_WORKFLOW_TASKS = 16
 """Workflow tasks one control-plane worker runs at once. Workflow code holds the GIL, so more at once
 only slows each: with the SDK's 100, a burst of 120 new invocations on a busy 2-core machine ran every
 task past Temporal's 10 s workflow-task timeout, again and again. Waiting tasks stay with the server."""
+MAX_CACHED_WORKFLOWS = 500
+"""Workflow runs one control-plane worker keeps in memory between their tasks (the SDK's default is
+1,000). Each costs about 0.1 MB; a run pushed out is replayed from its history at its next task, which
+for an invocation waiting for its slot is a few events. Bounds the worker's memory under a deep queue."""
 
 
 async def ensure_search_attributes(client: Client) -> None:
@@ -67,6 +71,7 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
         # 100 would let watches starve provisioning and deprovisioning.
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
+        max_cached_workflows=MAX_CACHED_WORKFLOWS,
     )
 
 
@@ -77,8 +82,11 @@ async def run_worker(
     client = await connect(settings)
     await ensure_search_attributes(client)
     provisioner = create_provisioner(settings.provisioner, settings.home)
-    async with build_worker(client, settings, provisioner):
-        logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
-        if started is not None:
-            started.set()
-        await (stop or asyncio.Event()).wait()
+    try:
+        async with build_worker(client, settings, provisioner):
+            logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
+            if started is not None:
+                started.set()
+            await (stop or asyncio.Event()).wait()
+    finally:
+        provisioner.close()  # after the worker's last activity: no provision is in flight

@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import activity
 from temporalio.client import Client
@@ -333,8 +333,18 @@ async def _serve(runner: Runner, finished: threading.Event, settings: MultinodeS
         await asyncio.to_thread(finished.wait)
 
 
-def main() -> int:
-    task_queue = os.environ[ENV_CONTAINER_TASK_QUEUE]
+@dataclass
+class ContainerWorker:
+    """The container's Temporal worker, polling on a thread of its own, and the runner it feeds."""
+
+    runner: Runner
+    thread: threading.Thread
+    failure: list[BaseException]
+    """The worker's error, once it has failed (it could not connect, or stopped polling)."""
+
+
+def start_worker(task_queue: str) -> ContainerWorker:
+    """Connect to Temporal and poll ``task_queue`` on a thread; the function runs on this one (the main thread)."""
     settings = MultinodeSettings.from_env()
     runner = Runner()
     finished = threading.Event()
@@ -349,17 +359,23 @@ def main() -> int:
 
     thread = threading.Thread(target=serve, name="multinode-worker", daemon=True)
     thread.start()
+    return ContainerWorker(runner, thread, failure)
+
+
+def run_execution(worker: ContainerWorker, code_dir: Path) -> NoReturn:
+    """Import the tasks folder, run the one execution that arrives, and end the process."""
+    runner = worker.runner
     try:
-        runner.functions = load_tasks(Path.cwd())
+        runner.functions = load_tasks(code_dir)
     except BaseException as exc:  # noqa: BLE001 - reported as the execution's error
         runner.load_error = exc
     call = runner.next_call(IDLE_TIMEOUT_SECONDS)
     if call is not None:
         runner.execute(call)
-        thread.join(timeout=60)
+        worker.thread.join(timeout=60)
     code = 0
-    if failure:
-        _log(f"the container's worker failed: {failure[0]}")
+    if worker.failure:
+        _log(f"the container's worker failed: {worker.failure[0]}")
         code = 2
     elif call is None:
         _log(f"no execution arrived within {IDLE_TIMEOUT_SECONDS:g} s; exiting")
@@ -367,6 +383,11 @@ def main() -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # threads the user code started must not keep the container alive
+
+
+def main() -> None:
+    worker = start_worker(os.environ[ENV_CONTAINER_TASK_QUEUE])
+    run_execution(worker, Path.cwd())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ The provisioner is synchronous (boto3 is); its calls run in threads so the worke
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from multinode._protocol import (
     FIND_CLOSED_ACTIVITY,
     PROVISION_ACTIVITY,
     READ_LOGS_ACTIVITY,
+    RELEASE_SIGNAL,
+    RELEASE_SLOT_ACTIVITY,
     REQUEST_SLOT_ACTIVITY,
     WATCH_ACTIVITY,
     ContainerExit,
@@ -33,6 +36,7 @@ from multinode._protocol import (
     LogsChunk,
     LogsRequest,
     ProvisionInput,
+    ReleaseSlotInput,
     RequestSlotInput,
     container_task_queue,
 )
@@ -43,6 +47,8 @@ from multinode.provisioner import ContainerSpec, Provisioner
 
 LOG_LINES_IN_EXIT_REASON = 8
 """Last lines of a container's output quoted when it stops unexpectedly."""
+NOTIFIED_WATCH_INTERVAL = 1.0
+"""How often a watch whose backend notifies it of the container's exit still looks (and heartbeats)."""
 
 
 class ProvisioningActivities:
@@ -50,6 +56,9 @@ class ProvisioningActivities:
         self._client = client
         self._settings = settings
         self._provisioners = provisioners
+        # Watches of this worker by container handle: deprovisioning wakes the container's watch at once
+        # instead of leaving it to its next status poll (the workflow waits for the watch to end).
+        self._watch_wakers: dict[str, asyncio.Event] = {}
 
     def _provisioner(self, name: str) -> Provisioner:
         provisioner = self._provisioners.get(name)
@@ -95,12 +104,37 @@ class ProvisioningActivities:
             execution_id=request.execution_id,
             handle_id=handle_id,
             grace_period_seconds=self._settings.grace_period_seconds,
+            task_queue=provisioner.task_queue(handle_id),
         )
 
     @activity.defn(name=WATCH_ACTIVITY)
     async def watch(self, handle: ContainerHandle) -> ContainerExit:
         """Return once the container has stopped, with why; heartbeats so a lost worker is noticed."""
         provisioner = self._provisioner(handle.provisioner)
+        waker = self._watch_wakers.setdefault(handle.handle_id, asyncio.Event())
+        try:
+            return await self._watch(provisioner, handle, waker)
+        finally:
+            if self._watch_wakers.get(handle.handle_id) is waker:
+                del self._watch_wakers[handle.handle_id]
+
+    async def _watch(self, provisioner: Provisioner, handle: ContainerHandle, waker: asyncio.Event) -> ContainerExit:
+        loop = asyncio.get_running_loop()
+        notifier = await asyncio.to_thread(provisioner.exit_notifier, handle.handle_id)
+        interval = provisioner.status_poll_interval
+        if notifier is not None:
+            loop.add_reader(notifier, waker.set)
+            interval = max(interval, NOTIFIED_WATCH_INTERVAL)  # the exit wakes the watch: look only now and then
+        try:
+            return await self._poll_until_exit(provisioner, handle, waker, interval)
+        finally:
+            if notifier is not None:
+                loop.remove_reader(notifier)
+                os.close(notifier)
+
+    async def _poll_until_exit(
+        self, provisioner: Provisioner, handle: ContainerHandle, waker: asyncio.Event, interval: float
+    ) -> ContainerExit:
         while True:
             status = await asyncio.to_thread(provisioner.status, handle.handle_id)
             if status.state == "exited":
@@ -112,7 +146,10 @@ class ProvisioningActivities:
                         reason = f"{reason}; last output:\n{tail}"
                 return ContainerExit(exit_code=status.exit_code, reason=reason)
             activity.heartbeat()
-            await asyncio.sleep(provisioner.status_poll_interval)
+            try:
+                await asyncio.wait_for(waker.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
             activity.heartbeat()
 
     @activity.defn(name=CANCEL_INVOCATIONS_ACTIVITY)
@@ -159,6 +196,18 @@ class ProvisioningActivities:
     @activity.defn(name=DEPROVISION_ACTIVITY)
     async def deprovision(self, handle: ContainerHandle) -> None:
         await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
+        waker = self._watch_wakers.get(handle.handle_id)
+        if waker is not None:
+            waker.set()
+
+    @activity.defn(name=RELEASE_SLOT_ACTIVITY)
+    async def release_slot(self, request: ReleaseSlotInput) -> None:
+        """Give an invocation's slot back (or withdraw its request); a quota that is gone holds nothing."""
+        try:
+            await self._client.get_workflow_handle(request.quota_id).signal(RELEASE_SIGNAL, request.invocation_id)
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -167,6 +216,7 @@ class ProvisioningActivities:
             self.deprovision,
             self.cancel_invocations,
             self.request_slot,
+            self.release_slot,
             self.find_closed_invocations,
             self.read_logs,
         ]

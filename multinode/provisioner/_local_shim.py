@@ -1,8 +1,10 @@
-"""Supervisor of one local container process (stdlib only; run as ``python -I _local_shim.py``).
+"""Supervision of one local container process (stdlib only: the local provisioner's template imports it
+in the version's environment, and the control plane reads process groups with it).
 
-It runs the container's command, stops it when its memory goes over the function's limit, and
-records how it ended in ``exit.json`` so that any control-plane worker, even one started after the
-worker that launched it died, can tell why the container stopped.
+``supervise`` watches the container's process: it stops it when its memory goes over the function's
+limit, kills whatever is left of its process group when it ends, and records how it ended in
+``exit.json`` so that any control-plane worker, even one started after the worker that launched it
+died, can tell why the container stopped.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 POLL_SECONDS = 0.1
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``: its children, theirs, and so on (from /proc)."""
     found: list[int] = []
     stack = [pid]
     while stack:
@@ -66,7 +67,39 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def _kill_leftovers() -> None:
+def start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` (guards against pid reuse), or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write ``path`` atomically (readers never see half of it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def write_exit(state_dir: Path, exit_code: int | None, reason: str) -> None:
+    write_json(state_dir / "exit.json", {"exit_code": exit_code, "reason": reason})
+
+
+def exit_reason(code: int) -> str:
+    """How a process that ended with ``code`` (negative: killed by that signal) ended, in words."""
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    if code == 0:
+        return "exited normally"
+    return f"exited with code {code}"
+
+
+def kill_leftovers() -> None:
     """Processes the container started (in its process group) do not outlive it."""
     for pid in group_members(os.getpgid(0)):
         try:
@@ -75,21 +108,22 @@ def _kill_leftovers() -> None:
             pass
 
 
-def _write_exit(state_dir: Path, exit_code: int | None, reason: str) -> None:
-    tmp = state_dir / "exit.json.tmp"
-    tmp.write_text(json.dumps({"exit_code": exit_code, "reason": reason}))
-    os.replace(tmp, state_dir / "exit.json")
+def wait_child(pid: int) -> int | None:
+    """The exit code of the child ``pid`` once it has ended (negative: killed by that signal); None if
+    it was reaped already."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
 
 
-def main() -> int:
-    state_dir = Path(sys.argv[1])
-    memory_mib = float(sys.argv[2])
-    command = sys.argv[3:]
-    child = subprocess.Popen(command)
-    (state_dir / "child.pid").write_text(str(child.pid))
+def supervise(child: int, state_dir: Path, memory_mib: float) -> int:
+    """Watch ``child`` (a child of this process, in this process's group) until it ends; return the
+    supervisor's own exit code. SIGTERM and SIGINT sent to the supervisor reach the child's tree."""
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in [child.pid, *_descendants(child.pid)]:
+        for pid in [child, *descendants(child)]:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
@@ -97,20 +131,27 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    peak = 0.0
-    while child.poll() is None:
-        tree = [child.pid, *_descendants(child.pid)]
+    while True:
+        try:
+            pid, status = os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:  # not expected: only this process reaps its child
+            kill_leftovers()
+            write_exit(state_dir, None, "the container's process disappeared")
+            return 1
+        if pid:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        tree = [child, *descendants(child)]
         rss = _rss_mib(tree)
-        peak = max(peak, rss)
         if rss > memory_mib:
-            for pid in tree:
+            for member in tree:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(member, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            child.wait()
-            _kill_leftovers()
-            _write_exit(
+            wait_child(child)
+            kill_leftovers()
+            write_exit(
                 state_dir,
                 -signal.SIGKILL,
                 f"out of memory: the process used {rss:.0f} MiB, over the function's memory limit of "
@@ -118,17 +159,6 @@ def main() -> int:
             )
             return 137
         time.sleep(POLL_SECONDS)
-    code = child.returncode
-    _kill_leftovers()
-    if code < 0:
-        reason = f"killed by signal {signal.Signals(-code).name}"
-    elif code == 0:
-        reason = "exited normally"
-    else:
-        reason = f"exited with code {code}"
-    _write_exit(state_dir, code, reason)
+    kill_leftovers()
+    write_exit(state_dir, code, exit_reason(code))
     return code if code >= 0 else 128 - code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

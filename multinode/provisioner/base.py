@@ -57,6 +57,20 @@ class Provisioner(abc.ABC):
         """What the container printed (stdout and stderr) after ``offset``, and the offset to read on
         from. Offsets are opaque; None means the beginning."""
 
+    def task_queue(self, handle_id: str) -> str | None:
+        """The task queue the container polls for its execution, when the backend chose it (the local
+        provisioner's pre-started containers have their own); None: ``container_task_queue(execution_id)``."""
+        return None
+
+    def exit_notifier(self, handle_id: str) -> int | None:
+        """A file descriptor that becomes readable when the container exits (the caller closes it), so a
+        watch need not poll; None: poll ``status`` every ``status_poll_interval``."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds something
+        """Release what the backend holds for this process (the local one's templates and their pools of
+        unassigned containers) when the control-plane worker stops. Started containers keep running."""
+
 
 def create_provisioner(name: str, home: Path) -> Provisioner:
     """The backend called ``name`` (``MULTINODE_PROVISIONER``)."""

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         PROGRESS_SIGNAL,
         PROVISION_ACTIVITY,
         RELEASE_SIGNAL,
+        RELEASE_SLOT_ACTIVITY,
         REQUEST_SLOT_ACTIVITY,
         RUN_FUNCTION_ACTIVITY,
         SA_STATUS,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         InvocationState,
         ProgressUpdate,
         ProvisionInput,
+        ReleaseSlotInput,
         RequestSlotInput,
         RunInput,
         RunOutput,
@@ -83,6 +85,11 @@ RETRY_BACKOFF_INITIAL = timedelta(seconds=1)
 """Wait before the second attempt; doubles for each further attempt."""
 RETRY_BACKOFF_MAX = timedelta(minutes=1)
 """Longest wait between two attempts."""
+PROVISION_TIMEOUT = timedelta(minutes=2)
+"""One attempt at starting a container (a local activity: it holds the workflow task meanwhile)."""
+LEAN_PATH_PATCH = "multinode-lean-path"
+"""Invocations started before this patch provisioned and deprovisioned with remote activities, published
+their final status only after clean-up, and released their slot with a signal from the workflow."""
 
 _FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
@@ -98,7 +105,7 @@ class _AttemptEnd(Exception):
         self.error = error
 
 
-@workflow.defn(name=INVOCATION_WORKFLOW)
+@workflow.defn(name=INVOCATION_WORKFLOW, sandboxed=False)
 class InvocationWorkflow:
     @workflow.init
     def __init__(self, input: InvocationInput) -> None:
@@ -125,6 +132,8 @@ class InvocationWorkflow:
         self._current_execution: str | None = None
         self._progress_signals_used = 0
         self._progress_bytes_used = 0
+        self._lean = False
+        self._finished = False
 
     @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> InvocationState:
@@ -178,15 +187,19 @@ class InvocationWorkflow:
 
     @workflow.run
     async def run(self, input: InvocationInput) -> InvocationState:
+        # The lean path: provisioning and clean-up are local activities (no extra workflow task each),
+        # the outcome is published as soon as the user code has returned (clean-up follows), and the slot
+        # goes back by a local activity instead of a signal that needs one more workflow task.
+        self._lean = workflow.patched(LEAN_PATH_PATCH)
         max_attempts = input.config.max_retries + 1
         self._show_details()
         status, error = "CANCELLED", None
         try:
             await self._acquire_slot()
             for attempt in range(1, max_attempts + 1):
-                execution = await self._run_attempt(attempt)
+                execution = await self._run_attempt(attempt, last=attempt == max_attempts)
                 status, error = execution.status, execution.error
-                if status == "FAILED":
+                if status == "FAILED" and not self._lean:
                     self._state.num_failed_attempts += 1
                 if status != "FAILED" or self._cancel_requested:
                     break
@@ -199,19 +212,26 @@ class InvocationWorkflow:
             if not is_cancelled_exception(err):
                 raise
             status, error = "CANCELLED", None  # cancelled while asking for a slot
+        self._finish(status, error)  # before the slot is released: never more RUNNING than the quota
+        self._state.terminated = all(e.terminated for e in self._state.executions)
+        await self._release_slot()
+        if self._child_cancellations:
+            await asyncio.gather(*self._child_cancellations)
+        return self._state
+
+    def _finish(self, status: str, error: ErrorInfo | None) -> None:
+        """Publish how the invocation ended; the first call wins (a later cancel changes nothing)."""
+        if self._finished:
+            return
+        self._finished = True
         if self._cancel_requested and status == "FAILED":
             status, error = "CANCELLED", None  # a cancel absorbed while (de)provisioning a failed attempt
         if status in ("CANCELLED", "TIMED_OUT"):
             self._cancel_requested = True
             self._start_cancelling_children()
         self._state.error = error
-        self._state.terminated = all(e.terminated for e in self._state.executions)
         self._state.finished_at = workflow.now()
-        self._set_status(status)  # before the slot is released: never more RUNNING than the quota
-        await self._release_slot()
-        if self._child_cancellations:
-            await asyncio.gather(*self._child_cancellations)
-        return self._state
+        self._set_status(status)
 
     # --- concurrency slot ---------------------------------------------------------------------
 
@@ -222,6 +242,9 @@ class InvocationWorkflow:
         (terminated by hand, say) learns of the waiting invocation again. When the starter sent the
         first request itself, the workflow's own is only a fallback.
         """
+        if self._lean:
+            # Let a cancel that came with the grant (in one workflow task) win over provisioning.
+            await asyncio.sleep(0)
         if self._input.slot_requested and not self._slot_granted:
             try:
                 await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_FALLBACK)
@@ -248,6 +271,16 @@ class InvocationWorkflow:
 
     async def _release_slot(self) -> None:
         """Give the slot back, or withdraw from the queue; both are no-ops if neither holds."""
+        if self._lean:
+            await self._uncancellable(
+                workflow.execute_local_activity(
+                    RELEASE_SLOT_ACTIVITY,
+                    ReleaseSlotInput(quota_id=self._quota_id, invocation_id=self._state.invocation_id),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_FOREVER,
+                )
+            )
+            return
         try:
             await workflow.get_external_workflow_handle(self._quota_id).signal(
                 RELEASE_SIGNAL, self._state.invocation_id
@@ -257,7 +290,7 @@ class InvocationWorkflow:
 
     # --- one attempt --------------------------------------------------------------------------
 
-    async def _run_attempt(self, attempt: int) -> ExecutionState:
+    async def _run_attempt(self, attempt: int, *, last: bool) -> ExecutionState:
         info = workflow.info()
         execution = ExecutionState(execution_id=f"{info.workflow_id}-{attempt}", attempt=attempt, status="RUNNING")
         self._state.executions.append(execution)
@@ -269,24 +302,7 @@ class InvocationWorkflow:
         handle: ContainerHandle | None = None
         try:
             # Shielded: a cancellation during provisioning must still learn the handle to stop it.
-            handle = await self._uncancellable(
-                workflow.execute_activity(
-                    PROVISION_ACTIVITY,
-                    ProvisionInput(
-                        invocation_id=info.workflow_id,
-                        execution_id=execution.execution_id,
-                        project_name=self._input.project_name,
-                        version_id=self._input.version_id,
-                        function_name=self._input.function_name,
-                        config=self._input.config,
-                        provisioner=self._input.provisioner,
-                        artifact=self._input.artifact,
-                    ),
-                    result_type=ContainerHandle,
-                    start_to_close_timeout=timedelta(minutes=10),
-                    retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"]),
-                )
-            )
+            handle = await self._uncancellable(self._provision(execution))
             assert handle is not None
             execution.container_handle = handle.handle_id
             if self._cancel_requested:
@@ -297,7 +313,8 @@ class InvocationWorkflow:
             execution.status = "SUCCEEDED"
         except _AttemptEnd as end:
             execution.status, execution.error = end.status, end.error
-        except ActivityError as err:  # provisioning failed for good
+        except (ActivityError, ApplicationError, TimeoutError) as err:
+            # Provisioning failed for good (a local activity's error comes unwrapped).
             execution.status, execution.error = "FAILED", _error_from(err, "ProvisionerError")
         except asyncio.CancelledError:
             execution.status = "CANCELLED"  # cancelled while waiting on a container that had stopped
@@ -305,19 +322,58 @@ class InvocationWorkflow:
         finally:
             self._current_execution = None
             execution.finished_at = workflow.now()
+            if self._lean:
+                if execution.status == "FAILED":
+                    self._state.num_failed_attempts += 1
+                if execution.status != "FAILED" or last or self._cancel_requested:
+                    self._finish(execution.status, execution.error)  # readable now; clean-up follows
             if handle is not None:
-                await self._uncancellable(
-                    workflow.execute_activity(
-                        DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
-                    )
-                )
+                await self._uncancellable(self._deprovision(handle))
             execution.terminated = True
             await self._end_watch()
         return execution
 
+    def _provision(self, execution: ExecutionState) -> Awaitable[ContainerHandle]:
+        request = ProvisionInput(
+            invocation_id=workflow.info().workflow_id,
+            execution_id=execution.execution_id,
+            project_name=self._input.project_name,
+            version_id=self._input.version_id,
+            function_name=self._input.function_name,
+            config=self._input.config,
+            provisioner=self._input.provisioner,
+            artifact=self._input.artifact,
+        )
+        retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"])
+        if self._lean:
+            return workflow.execute_local_activity(
+                PROVISION_ACTIVITY,
+                request,
+                result_type=ContainerHandle,
+                start_to_close_timeout=PROVISION_TIMEOUT,
+                schedule_to_close_timeout=timedelta(minutes=10),
+                retry_policy=retry,
+            )
+        return workflow.execute_activity(
+            PROVISION_ACTIVITY,
+            request,
+            result_type=ContainerHandle,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=retry,
+        )
+
+    def _deprovision(self, handle: ContainerHandle) -> Awaitable[None]:
+        if self._lean:
+            return workflow.execute_local_activity(
+                DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
+            )
+        return workflow.execute_activity(
+            DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
+        )
+
     async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
         grace = timedelta(seconds=handle.grace_period_seconds)
-        queue = container_task_queue(execution.execution_id)
+        queue = handle.task_queue or container_task_queue(execution.execution_id)
         run = workflow.start_activity(
             RUN_FUNCTION_ACTIVITY,
             RunInput(
@@ -426,6 +482,8 @@ class InvocationWorkflow:
             except asyncio.CancelledError:
                 if task.cancelled():
                     raise
+                if self._finished:
+                    continue  # the outcome is published: a cancel that comes after it changes nothing
                 self._cancel_requested = True
                 self._set_status("CANCELLING")
                 self._start_cancelling_children()

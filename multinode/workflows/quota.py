@@ -44,7 +44,7 @@ ARRIVAL_ORDER_PATCH = "multinode-quota-arrival-order"
 """Quota runs from before this patch sorted waiters by start time and sent grants without a time."""
 
 
-@workflow.defn(name=QUOTA_WORKFLOW)
+@workflow.defn(name=QUOTA_WORKFLOW, sandboxed=False)
 class QuotaWorkflow:
     @workflow.init
     def __init__(self, state: QuotaState) -> None:
