@@ -239,6 +239,7 @@ QUOTA_WORKFLOW = "MultinodeQuota"
 QUOTA_WORKFLOW_ID_PREFIX = "multinode-quota:"
 REQUEST_SLOT_ACTIVITY = "multinode.request_slot"
 RELEASE_SLOT_ACTIVITY = "multinode.release_slot"
+GRANT_SLOTS_ACTIVITY = "multinode.grant_slots"
 FIND_CLOSED_ACTIVITY = "multinode.find_closed_invocations"
 ACQUIRE_SIGNAL = "acquire"
 ACQUIRE_MANY_SIGNAL = "acquire_many"
@@ -248,6 +249,13 @@ SLOT_GRANTED_SIGNAL = "slot_granted"
 
 def quota_workflow_id(project_name: str, function_name: str) -> str:
     return f"{QUOTA_WORKFLOW_ID_PREFIX}{project_name}:{function_name}"
+
+
+@dataclass
+class GrantSlotsInput:
+    invocation_ids: list[str]
+    granted_at: str
+    """ISO 8601: the quota's clock at the grant."""
 
 
 @dataclass

@@ -30,3 +30,5 @@ def test_there_are_histories() -> None:
     assert stems >= {"invocation_retried_with_progress", "invocation_cancelled", "project"}
     # Invocations recorded before the lean path (patch "multinode-lean-path") must keep replaying.
     assert stems >= {"pre_lean_invocation_retried_with_progress", "pre_lean_invocation_cancelled"}
+    # Quotas recorded before grants went out together (patch "multinode-quota-grants-together").
+    assert stems >= {"pre_grants_together_quota", "pre_grants_together_quota_arrival_order"}

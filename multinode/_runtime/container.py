@@ -322,6 +322,9 @@ async def _serve(runner: Runner, finished: threading.Event, settings: MultinodeS
         task_queue=task_queue,
         activities=[activities.run_function, activities.interrupt],
         max_concurrent_activities=4,
+        # Two polls in flight (the SDK's default is five): the run, then an interrupt. Every pre-started
+        # container polls while it waits, so each extra poll is one more long poll the server holds.
+        max_concurrent_activity_task_polls=2,
         # The run activity has returned when shutdown starts; leave time for its report to be sent.
         graceful_shutdown_timeout=timedelta(seconds=10),
         # Heartbeats (which carry the latest progress, and bring back cancellation) are sent at most

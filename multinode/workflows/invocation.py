@@ -134,6 +134,7 @@ class InvocationWorkflow:
         self._progress_bytes_used = 0
         self._lean = False
         self._finished = False
+        self._released = False
 
     @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> InvocationState:
@@ -214,7 +215,8 @@ class InvocationWorkflow:
             status, error = "CANCELLED", None  # cancelled while asking for a slot
         self._finish(status, error)  # before the slot is released: never more RUNNING than the quota
         self._state.terminated = all(e.terminated for e in self._state.executions)
-        await self._release_slot()
+        if not self._released:
+            await self._release_slot()
         if self._child_cancellations:
             await asyncio.gather(*self._child_cancellations)
         return self._state
@@ -271,6 +273,7 @@ class InvocationWorkflow:
 
     async def _release_slot(self) -> None:
         """Give the slot back, or withdraw from the queue; both are no-ops if neither holds."""
+        self._released = True
         if self._lean:
             await self._uncancellable(
                 workflow.execute_local_activity(
@@ -330,6 +333,10 @@ class InvocationWorkflow:
             if handle is not None:
                 await self._uncancellable(self._deprovision(handle))
             execution.terminated = True
+            if self._lean and self._finished:
+                # In the same workflow task as the clean-up, the container gone: the workflow task
+                # that the watch's end brings then only closes the workflow.
+                await self._release_slot()
             await self._end_watch()
         return execution
 
