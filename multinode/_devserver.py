@@ -30,10 +30,6 @@ DYNAMIC_CONFIG = {
     "history.timerProcessorMaxPollRPS": "10000",
     # Lets a worker run an activity its own workflow scheduled without a round trip.
     "system.enableActivityEagerExecution": "true",
-    # Every execution polls a task queue of its own: one partition each (instead of 4) spares the
-    # server creating, loading and forwarding between partitions of a queue that serves one activity.
-    "matching.numTaskqueueReadPartitions": "1",
-    "matching.numTaskqueueWritePartitions": "1",
 }
 """Dynamic config the embedded server starts with (self-hosted clusters: see the README)."""
 START_TIMEOUT_SECONDS = 60.0

@@ -12,9 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import HistoryEventFilterType, PendingWorkflowTaskState
+from temporalio.api.enums.v1 import HistoryEventFilterType, PendingWorkflowTaskState, TaskQueueType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -148,7 +149,9 @@ async def await_state(
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise asyncio.TimeoutError
-            if not await _worker_answers(handle, min(settings.worker_wait_seconds, remaining or math.inf)):
+            answered = await _worker_answers(handle, min(settings.worker_wait_seconds, remaining or math.inf))
+            # A worker too busy to answer a query in time (a burst of starts) is not a missing worker.
+            if not answered and not await _worker_polls(client, settings):
                 _warn_no_worker(settings, f"waiting for invocation {invocation_id}")
             remaining = None if deadline is None else deadline - loop.time()
             closed = await _wait_close(client, invocation_id, description.run_id, remaining)
@@ -233,6 +236,17 @@ async def _is_closed(client: Client, workflow_id: str, run_id: str | None) -> bo
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     description = await handle.describe(rpc_timeout=timedelta(seconds=LONG_POLL_SECONDS))
     return description.status != WorkflowExecutionStatus.RUNNING
+
+
+async def _worker_polls(client: Client, settings: MultinodeSettings) -> bool:
+    """Whether a control-plane worker has polled the task queue lately (the server remembers pollers for
+    a few minutes)."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=settings.task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    return bool((await client.workflow_service.describe_task_queue(request)).pollers)
 
 
 async def _worker_answers(handle: Any, wait_seconds: float) -> bool:

@@ -58,6 +58,8 @@ POOL_QUEUE_PREFIX = "multinode-container:pool-"
 """Task queue of a pre-started container: this prefix and a random suffix."""
 LOOP_SECONDS = 0.2
 """How often an idle template (or a waiting unit) checks on its children."""
+IDLE_EXIT_SECONDS = 600.0
+"""A template that receives no request for this long ends with its pool (the next start begins another)."""
 MAX_REFILL_BACKOFF_SECONDS = 30.0
 """Longest wait before replacing pool units that died unassigned (Temporal unreachable, say)."""
 ENV_LOG_FILE = "MULTINODE_LOG_FILE"
@@ -85,6 +87,7 @@ class Template:
 
     def serve(self) -> None:
         """Answer requests until the end of stdin; then (or on any error) kill the unassigned units."""
+        last_request = time.monotonic()
         try:
             while True:
                 self._reap()
@@ -92,7 +95,10 @@ class Template:
                     self._refill()
                 readable, _, _ = select.select([self._requests], [], [], LOOP_SECONDS)
                 if not readable:
+                    if time.monotonic() - last_request > IDLE_EXIT_SECONDS:
+                        return  # its connected, polling pool units are not kept for ever
                     continue
+                last_request = time.monotonic()
                 chunk = os.read(self._requests, 1 << 16)
                 if not chunk:
                     return
@@ -270,17 +276,21 @@ def _container(assignments: int, task_queue: str) -> NoReturn:
 
 
 def _read_line(fd: int, stop: Callable[[], bool]) -> bytes | None:
-    """The first line read from ``fd``; None at its end or once ``stop()`` is true."""
+    """The first line read from ``fd``; None at its end or once ``stop()`` is true and nothing is left to
+    read (a line already written is read even then: the template has handed this unit out)."""
     buffer = b""
     while b"\n" not in buffer:
-        if stop():
-            return None
         readable, _, _ = select.select([fd], [], [], LOOP_SECONDS)
-        if readable:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
+        if not readable:
+            if not stop():
+                continue
+            readable, _, _ = select.select([fd], [], [], 0)
+            if not readable:
                 return None
-            buffer += chunk
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return None
+        buffer += chunk
     return buffer.split(b"\n", 1)[0]
 
 

@@ -50,6 +50,10 @@ from multinode.provisioner import ContainerSpec, Provisioner
 
 LOG_LINES_IN_EXIT_REASON = 8
 """Last lines of a container's output quoted when it stops unexpectedly."""
+TRANSIENT_RPC_CODES = frozenset(
+    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+)
+"""RPC failures worth retrying a batch of grants for."""
 NOTIFIED_WATCH_INTERVAL = 1.0
 """How often a watch whose backend notifies it of the container's exit still looks (and heartbeats)."""
 
@@ -66,9 +70,12 @@ class ProvisioningActivities:
     def _provisioner(self, name: str) -> Provisioner:
         provisioner = self._provisioners.get(name)
         if provisioner is None:
+            # Not retried here; an invocation provisioning by local activity tries a remote one next,
+            # which any control-plane worker on the queue may take.
             raise ApplicationError(
                 f"This control-plane worker has no {name!r} provisioner; start one with MULTINODE_PROVISIONER={name}.",
-                type="ProvisionerError",
+                type="ProvisionerMissingError",
+                non_retryable=True,
             )
         return provisioner
 
@@ -123,10 +130,15 @@ class ProvisioningActivities:
 
     async def _watch(self, provisioner: Provisioner, handle: ContainerHandle, waker: asyncio.Event) -> ContainerExit:
         loop = asyncio.get_running_loop()
-        notifier = await asyncio.to_thread(provisioner.exit_notifier, handle.handle_id)
+        notifier = provisioner.exit_notifier(handle.handle_id)  # cheap; not in a thread, so it cannot leak
         interval = provisioner.status_poll_interval
         if notifier is not None:
-            loop.add_reader(notifier, waker.set)
+
+            def exited() -> None:
+                loop.remove_reader(notifier)  # an exited process's pidfd stays readable: once is enough
+                waker.set()
+
+            loop.add_reader(notifier, exited)
             interval = max(interval, NOTIFIED_WATCH_INTERVAL)  # the exit wakes the watch: look only now and then
         try:
             return await self._poll_until_exit(provisioner, handle, waker, interval)
@@ -181,17 +193,20 @@ class ProvisioningActivities:
         confirmation event and a workflow task in the quota for each, which the server delivers at about
         ten a second under load; these cost the quota one local activity per batch."""
 
-        async def grant(invocation_id: str) -> bool:
-            try:
-                await self._client.get_workflow_handle(invocation_id).signal(SLOT_GRANTED_SIGNAL, request.granted_at)
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:  # ended meanwhile (cancelled while waiting, say)
-                    return False
-                raise
-            return True
+        async def grant(invocation_id: str) -> None:
+            await self._client.get_workflow_handle(invocation_id).signal(SLOT_GRANTED_SIGNAL, request.granted_at)
 
-        delivered = await asyncio.gather(*(grant(i) for i in request.invocation_ids))
-        return [i for i, ok in zip(request.invocation_ids, delivered, strict=True) if not ok]
+        outcomes = await asyncio.gather(*(grant(i) for i in request.invocation_ids), return_exceptions=True)
+        ended = []
+        for invocation_id, outcome in zip(request.invocation_ids, outcomes, strict=True):
+            if isinstance(outcome, RPCError) and outcome.status in TRANSIENT_RPC_CODES:
+                raise outcome  # the whole batch again (a grant signalled twice is harmless)
+            if isinstance(outcome, BaseException):
+                # Ended meanwhile (NOT_FOUND), or it cannot take the grant for good: either way the
+                # slot goes back rather than blocking the quota on one invocation.
+                activity.logger.info("slot for %s not delivered: %s", invocation_id, outcome)
+                ended.append(invocation_id)
+        return ended
 
     @activity.defn(name=FIND_CLOSED_ACTIVITY)
     async def find_closed_invocations(self, invocation_ids: list[str]) -> list[str]:

@@ -91,6 +91,8 @@ LEAN_PATH_PATCH = "multinode-lean-path"
 """Invocations started before this patch provisioned and deprovisioned with remote activities, published
 their final status only after clean-up, and released their slot with a signal from the workflow."""
 
+_ELSEWHERE = ("VersionNotStoredError", "ProvisionerMissingError")
+"""Provisioning errors of this control-plane worker only (another worker on the queue may succeed)."""
 _FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
 _T = TypeVar("_T")
@@ -218,7 +220,8 @@ class InvocationWorkflow:
         if not self._released:
             await self._release_slot()
         if self._child_cancellations:
-            await asyncio.gather(*self._child_cancellations)
+            children = asyncio.gather(*self._child_cancellations)
+            await (self._uncancellable(children) if self._lean else children)
         return self._state
 
     def _finish(self, status: str, error: ErrorInfo | None) -> None:
@@ -340,7 +343,7 @@ class InvocationWorkflow:
             await self._end_watch()
         return execution
 
-    def _provision(self, execution: ExecutionState) -> Awaitable[ContainerHandle]:
+    async def _provision(self, execution: ExecutionState) -> ContainerHandle:
         request = ProvisionInput(
             invocation_id=workflow.info().workflow_id,
             execution_id=execution.execution_id,
@@ -353,15 +356,23 @@ class InvocationWorkflow:
         )
         retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"])
         if self._lean:
-            return workflow.execute_local_activity(
-                PROVISION_ACTIVITY,
-                request,
-                result_type=ContainerHandle,
-                start_to_close_timeout=PROVISION_TIMEOUT,
-                schedule_to_close_timeout=timedelta(minutes=10),
-                retry_policy=retry,
-            )
-        return workflow.execute_activity(
+            try:
+                return await workflow.execute_local_activity(
+                    PROVISION_ACTIVITY,
+                    request,
+                    result_type=ContainerHandle,
+                    start_to_close_timeout=PROVISION_TIMEOUT,
+                    schedule_to_close_timeout=timedelta(minutes=10),
+                    retry_policy=RetryPolicy(
+                        maximum_attempts=5, non_retryable_error_types=["ProvisionerError", *_ELSEWHERE]
+                    ),
+                )
+            except (ActivityError, ApplicationError) as err:
+                cause = err.cause if isinstance(err, ActivityError) else err
+                if not (isinstance(cause, ApplicationError) and cause.type in _ELSEWHERE):
+                    raise
+                # A local activity runs on this worker only: let any worker on the queue try.
+        return await workflow.execute_activity(
             PROVISION_ACTIVITY,
             request,
             result_type=ContainerHandle,

@@ -130,22 +130,23 @@ class QuotaWorkflow:
         grant from this workflow, as before this patch, capped a function at about ten starts a second
         on a busy machine: the server delivers workflow-to-workflow signals one by one, each with a
         confirmation event and a workflow task here.)"""
-        granted = []
-        while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
-            invocation_id = self._state.waiting.pop(0).invocation_id
-            self._state.holders.append(invocation_id)
-            granted.append(invocation_id)
-        if not granted:
-            return
-        ended = await workflow.execute_local_activity(
-            GRANT_SLOTS_ACTIVITY,
-            GrantSlotsInput(invocation_ids=granted, granted_at=workflow.now().isoformat()),
-            result_type=list[str],
-            start_to_close_timeout=GRANT_TIMEOUT,
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
-        )
-        for invocation_id in ended:  # their slot is free again
-            self.release(invocation_id)
+        while True:  # until nothing more can be granted: releases may arrive during a delivery
+            granted = []
+            while self._state.waiting and len(self._state.holders) < self._state.waiting[0].max_concurrency:
+                invocation_id = self._state.waiting.pop(0).invocation_id
+                self._state.holders.append(invocation_id)
+                granted.append(invocation_id)
+            if not granted:
+                return
+            ended = await workflow.execute_local_activity(
+                GRANT_SLOTS_ACTIVITY,
+                GrantSlotsInput(invocation_ids=granted, granted_at=workflow.now().isoformat()),
+                result_type=list[str],
+                start_to_close_timeout=GRANT_TIMEOUT,
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+            )
+            for invocation_id in ended:  # their slot is free again
+                self.release(invocation_id)
 
     async def _send_grant(self, invocation_id: str, granted_at: str) -> None:
         try:
