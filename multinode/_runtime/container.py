@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import os
 import queue
 import signal
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +52,11 @@ from multinode._settings import MultinodeSettings
 from multinode.errors import InvocationCancelledError, InvocationTimedOutError, PayloadError
 
 HEARTBEAT_INTERVAL_SECONDS = 0.25
-"""How often the run activity records a heartbeat locally."""
+"""How often the run activity looks at its timers and the progress pacer."""
+LIVENESS_HEARTBEAT_SECONDS = 1.0
+"""Without new progress, how often the run activity heartbeats (which also brings back cancellation).
+A new yield heartbeats at once: the SDK sends a heartbeat immediately when none went out within
+HEARTBEAT_SEND_INTERVAL, so sparse yields reach `.get()` in milliseconds and dense ones every 0.5 s."""
 HEARTBEAT_SEND_INTERVAL = timedelta(milliseconds=500)
 """How often the SDK sends the latest heartbeat (with the latest progress) to the server."""
 PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
@@ -88,6 +94,8 @@ class Runner:
         self.load_error: BaseException | None = None
         self.progress: str | None = None
         self.progress_version = 0
+        self.progress_waker: Callable[[], None] | None = None
+        """Called (on the main thread) after each new progress value."""
         self._progress_at = 0.0
         self._timeout_seconds = 0.0
         signal.signal(INTERRUPT_SIGNAL, self._on_signal)
@@ -188,6 +196,8 @@ class Runner:
         try:
             self.progress = _serialization.encode(value, what="A yielded value")
             self.progress_version += 1
+            if self.progress_waker is not None:
+                self.progress_waker()
         except PayloadError as exc:
             _log(f"progress not published: {exc}")
 
@@ -270,19 +280,31 @@ class ContainerActivities:
     async def run_function(self, run: RunInput) -> RunOutput:
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
-        call = _Call(run, on_done=lambda: loop.call_soon_threadsafe(done.set))
+        woken = asyncio.Event()  # the call ended, or a new progress value
+
+        def wake(also_done: bool = False) -> None:
+            if also_done:
+                done.set()
+            woken.set()
+
+        call = _Call(run, on_done=lambda: loop.call_soon_threadsafe(wake, True))
+        self.runner.progress_waker = lambda: loop.call_soon_threadsafe(wake)
         self.runner.submit(call)
         timers = [loop.call_later(run.timeout_seconds, self.runner.interrupt, "timed_out")]
         pacer = _ProgressPacer(self.client, run)
+        beat_at, beat_version = -math.inf, -1
         try:
             while not done.is_set():
+                woken.clear()
                 progress, version = self.runner.progress, self.runner.progress_version
-                activity.heartbeat(*([progress] if progress is not None else []))
+                if version != beat_version or loop.time() - beat_at >= LIVENESS_HEARTBEAT_SECONDS:
+                    activity.heartbeat(*([progress] if progress is not None else []))
+                    beat_at, beat_version = loop.time(), version
                 pacer.offer(progress, version)
                 if self.runner.interrupted == "timed_out" and not timers[1:]:
-                    timers.append(loop.call_later(run.grace_period_seconds, done.set))
+                    timers.append(loop.call_later(run.grace_period_seconds, wake, True))
                 try:
-                    await asyncio.wait_for(done.wait(), HEARTBEAT_INTERVAL_SECONDS)
+                    await asyncio.wait_for(woken.wait(), HEARTBEAT_INTERVAL_SECONDS)
                 except asyncio.TimeoutError:
                     pass
         except asyncio.CancelledError:

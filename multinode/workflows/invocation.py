@@ -72,9 +72,12 @@ CHILDREN_PER_CANCELLATION = 500
 """Nested invocations cancelled by one activity (keeps its input far below the payload limit)."""
 SLOT_REQUEST_REPEAT = timedelta(minutes=5)
 """While waiting for a concurrency slot, how often the request is sent again."""
-SLOT_REQUEST_FALLBACK = timedelta(seconds=10)
-"""When the starter asked for the slot itself: how long to wait for a grant before asking too (in case
-the starter died between starting the workflow and asking)."""
+SLOT_REQUEST_FALLBACK = timedelta(seconds=30)
+"""When the starter asked for the slot itself: how long to wait for a grant before checking with the
+quota (in case the starter died between starting the workflow and asking). Every invocation queued
+longer than this checks once, so it is long enough to spare a deep queue a burst of checks."""
+PRE_LEAN_SLOT_REQUEST_FALLBACK = timedelta(seconds=10)
+"""The same for invocations started before LEAN_PATH_PATCH."""
 WATCH_END_WAIT = timedelta(seconds=10)
 """After deprovisioning, how long to wait for the watch activity to see the container gone."""
 PROGRESS_SIGNAL_BUDGET = 4_000
@@ -251,24 +254,28 @@ class InvocationWorkflow:
             # Let a cancel that came with the grant (in one workflow task) win over provisioning.
             await asyncio.sleep(0)
         if self._input.slot_requested and not self._slot_granted:
+            fallback = SLOT_REQUEST_FALLBACK if self._lean else PRE_LEAN_SLOT_REQUEST_FALLBACK
             try:
-                await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_FALLBACK)
+                await workflow.wait_condition(lambda: self._slot_granted, timeout=fallback)
             except asyncio.TimeoutError:
                 pass
         while not self._slot_granted:
-            await workflow.execute_activity(
-                REQUEST_SLOT_ACTIVITY,
-                RequestSlotInput(
-                    quota_id=self._quota_id,
-                    request=SlotRequest(
-                        invocation_id=self._state.invocation_id,
-                        created_at=self._state.created_at.isoformat(),
-                        max_concurrency=self._input.config.max_concurrency,
-                    ),
+            request = RequestSlotInput(
+                quota_id=self._quota_id,
+                request=SlotRequest(
+                    invocation_id=self._state.invocation_id,
+                    created_at=self._state.created_at.isoformat(),
+                    max_concurrency=self._input.config.max_concurrency,
                 ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_FOREVER,
             )
+            if self._lean:  # a local activity: the check costs no workflow task of its own
+                await workflow.execute_local_activity(
+                    REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
+                )
+            else:
+                await workflow.execute_activity(
+                    REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
+                )
             try:
                 await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_REPEAT)
             except asyncio.TimeoutError:
