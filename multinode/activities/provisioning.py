@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -19,7 +18,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from multinode._protocol import (
     CANCEL_INVOCATIONS_ACTIVITY,
     DEPROVISION_ACTIVITY,
-    DESCRIBE_QUERY,
     ENV_CONTAINER_TASK_QUEUE,
     ENV_EXECUTION_ID,
     ENV_FUNCTION,
@@ -41,7 +39,6 @@ from multinode._protocol import (
     LogsChunk,
     LogsRequest,
     ProvisionInput,
-    QuotaState,
     ReleaseSlotInput,
     RequestSlotInput,
     container_task_queue,
@@ -185,19 +182,9 @@ class ProvisioningActivities:
 
     @activity.defn(name=REQUEST_SLOT_ACTIVITY)
     async def request_slot(self, request: RequestSlotInput) -> None:
-        """Ask the function's quota workflow for a slot, starting it if it is not running; a quota that
-        already holds the request (the usual case: the starter sent it) is only asked by a query."""
-        invocation_id = request.request.invocation_id
-        try:
-            state = await self._client.get_workflow_handle(request.quota_id).query(
-                DESCRIBE_QUERY, result_type=QuotaState, rpc_timeout=timedelta(seconds=10)
-            )
-        except RPCError:
-            state = None  # not running (or busy): the request below is idempotent
-        if state is not None and (
-            invocation_id in state.holders or any(w.invocation_id == invocation_id for w in state.waiting)
-        ):
-            return
+        """Ask the function's quota workflow for a slot, starting it if it is not running. (No query
+        first: a deep queue's checks would fill the quota's query buffer, and a query from a local
+        activity waits on the workflow-task slots its own workflow task holds.)"""
         await queue_at_quota(self._client, request.quota_id, activity.info().task_queue, [request.request])
 
     @activity.defn(name=GRANT_SLOTS_ACTIVITY)

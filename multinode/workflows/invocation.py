@@ -73,9 +73,9 @@ CHILDREN_PER_CANCELLATION = 500
 SLOT_REQUEST_REPEAT = timedelta(minutes=5)
 """While waiting for a concurrency slot, how often the request is sent again."""
 SLOT_REQUEST_FALLBACK = timedelta(seconds=30)
-"""When the starter asked for the slot itself: how long to wait for a grant before checking with the
-quota (in case the starter died between starting the workflow and asking). Every invocation queued
-longer than this checks once, so it is long enough to spare a deep queue a burst of checks."""
+"""When the starter asked for the slot itself: how long to wait for a grant before asking too (in case
+the starter died between starting the workflow and asking). Every invocation queued longer than this
+asks once (a no-op for the quota, which knows it), so it is long enough to spare a deep queue a burst."""
 PRE_LEAN_SLOT_REQUEST_FALLBACK = timedelta(seconds=10)
 """The same for invocations started before LEAN_PATH_PATCH."""
 WATCH_END_WAIT = timedelta(seconds=10)
@@ -268,14 +268,11 @@ class InvocationWorkflow:
                     max_concurrency=self._input.config.max_concurrency,
                 ),
             )
-            if self._lean:  # a local activity: the check costs no workflow task of its own
-                await workflow.execute_local_activity(
-                    REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
-                )
-            else:
-                await workflow.execute_activity(
-                    REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
-                )
+            # A remote activity, not a local one: it must not hold a workflow-task slot of this worker
+            # while the quota, which needs one, is busy (a deep queue's requests come due together).
+            await workflow.execute_activity(
+                REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
+            )
             try:
                 await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_REPEAT)
             except asyncio.TimeoutError:
