@@ -359,7 +359,7 @@ class InvocationWorkflow:
             artifact=self._input.artifact,
         )
         retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"])
-        if self._lean:
+        if self._local_activities():
             try:
                 return await workflow.execute_local_activity(
                     PROVISION_ACTIVITY,
@@ -384,8 +384,14 @@ class InvocationWorkflow:
             retry_policy=retry,
         )
 
+    def _local_activities(self) -> bool:
+        """Whether provisioning runs as local activities: on the lean path, for the local provisioner
+        only, whose calls take milliseconds. A local activity holds one of the worker's workflow-task
+        slots while it runs, and a cloud backend's start or stop can take seconds to minutes."""
+        return self._lean and self._input.provisioner == "local"
+
     def _deprovision(self, handle: ContainerHandle) -> Awaitable[None]:
-        if self._lean:
+        if self._local_activities():
             return workflow.execute_local_activity(
                 DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
             )
