@@ -288,7 +288,11 @@ class ContainerActivities:
             woken.set()
 
         call = _Call(run, on_done=lambda: loop.call_soon_threadsafe(wake, True))
-        self.runner.progress_waker = lambda: loop.call_soon_threadsafe(wake)
+
+        def wake_from_main_thread() -> None:
+            loop.call_soon_threadsafe(wake)
+
+        self.runner.progress_waker = wake_from_main_thread
         self.runner.submit(call)
         timers = [loop.call_later(run.timeout_seconds, self.runner.interrupt, "timed_out")]
         pacer = _ProgressPacer(self.client, run)
