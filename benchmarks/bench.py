@@ -63,23 +63,21 @@ async def _start_figures(stack: Stack, client: Client, runs: int, report: dict[s
     report["figures"]["start_to_result_ms"] = pair(mn.result, base.result)
     if not with_breakdown:
         return
-    breakdowns = report["breakdowns"]
-    i = median_index(mn.result)
+    report["breakdowns"]["multinode"] = await _median_breakdown(client, mn, ".start called", "first line of user code")
+    report["breakdowns"]["baseline"] = await _median_breakdown(
+        client, base, "start_workflow called", "first line of activity code"
+    )
+
+
+async def _median_breakdown(client: Client, samples: Any, began: str, first_line: str) -> dict[str, Any]:
+    """The history breakdown of the median-latency run among ``samples``, with the client's own marks."""
+    i = median_index(samples.result)
     marks = {
-        ".start called": mn.began[i],
-        "first line of user code": mn.ran_at[i],
-        "result received": mn.began[i] + mn.result[i],
+        began: samples.began[i],
+        first_line: samples.ran_at[i],
+        "result received": samples.began[i] + samples.result[i],
     }
-    steps = await breakdown(client, mn.ids[i], marks)
-    breakdowns["multinode"] = {"workflow_id": mn.ids[i], "events": steps}
-    i = median_index(base.result)
-    marks = {
-        "start_workflow called": base.began[i],
-        "first line of activity code": base.ran_at[i],
-        "result received": base.began[i] + base.result[i],
-    }
-    steps = await breakdown(client, base.ids[i], marks)
-    breakdowns["baseline"] = {"workflow_id": base.ids[i], "events": steps}
+    return {"workflow_id": samples.ids[i], "events": await breakdown(client, samples.ids[i], marks)}
 
 
 async def measure(stack: Stack, args: argparse.Namespace, report: dict[str, Any]) -> None:
