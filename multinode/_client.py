@@ -24,6 +24,13 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 _T = TypeVar("_T")
 _clients: dict[str, Future[Client]] = {}
 _clients_lock = threading.Lock()
+_container_client: Client | None = None
+
+
+def use_container_client(client: Client) -> None:
+    """Inside a container, every SDK call goes through this client (its agent's; see _runtime/user.py)."""
+    global _container_client
+    _container_client = client
 
 
 async def get_client(settings: MultinodeSettings) -> Client:
@@ -32,6 +39,8 @@ async def get_client(settings: MultinodeSettings) -> Client:
     A Temporal client is not bound to an event loop (each call completes on the loop that awaits
     it), so one client serves every loop and thread, however many ``asyncio.run`` calls a program makes.
     """
+    if _container_client is not None:
+        return _container_client
     _register_exit_hook()
     _native.track_running_loop()
     key = settings.model_dump_json(include={"temporal_profile"})

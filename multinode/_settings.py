@@ -19,6 +19,10 @@ Variable                           Meaning                                      
 ``MULTINODE_LOCAL_POOL_SIZE``      Containers the local provisioner keeps started   ``2``
                                    ahead of time, per environment (each serves one
                                    execution only; 0: fork each on demand)
+``MULTINODE_CONTAINER_TEMPORAL_``  Name of a ``temporal.toml`` profile the           the control plane's
+``PROFILE``                        containers' agents connect with instead of the    own connection
+                                   control plane's (a credential of their own; same
+                                   namespace)
 =================================  ===============================================  =====================
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.envconfig import ClientConfigProfile
 
+from multinode._limits import check_task_queue
 from multinode.errors import ConfigurationError
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
@@ -51,6 +56,9 @@ polling their own task queue, each waiting to be assigned one execution (then re
 burst of two starts, and a start while the replacement of the previous one is still connecting."""
 
 _TEMPORAL_PROFILE_ENV = "MULTINODE_TEMPORAL_PROFILE_JSON"
+ENV_TEMPORAL_PROFILE = _TEMPORAL_PROFILE_ENV
+"""The Temporal profile (``temporal.toml`` form, as JSON) a container receives."""
+ENV_CONTAINER_PROFILE = "MULTINODE_CONTAINER_TEMPORAL_PROFILE"
 
 
 def default_home() -> Path:
@@ -70,6 +78,8 @@ class MultinodeSettings(BaseModel):
     grace_period_seconds: float = DEFAULT_GRACE_PERIOD_SECONDS
     worker_wait_seconds: float = DEFAULT_WORKER_WAIT_SECONDS
     local_pool_size: int = DEFAULT_LOCAL_POOL_SIZE
+    container_temporal_profile: dict[str, Any] = Field(default_factory=dict)
+    """Temporal profile forwarded to containers; empty: ``temporal_profile`` itself."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
@@ -85,12 +95,13 @@ class MultinodeSettings(BaseModel):
             _absolute_tls_paths(profile)
         return cls(
             temporal_profile=profile,
-            task_queue=env.get("MULTINODE_TASK_QUEUE") or DEFAULT_TASK_QUEUE,
+            task_queue=check_task_queue(env.get("MULTINODE_TASK_QUEUE") or DEFAULT_TASK_QUEUE),
             home=Path(env["MULTINODE_HOME"]).expanduser() if env.get("MULTINODE_HOME") else default_home(),
             provisioner=env.get("MULTINODE_PROVISIONER") or DEFAULT_PROVISIONER,
             grace_period_seconds=_float(env, "MULTINODE_GRACE_PERIOD_SECONDS", DEFAULT_GRACE_PERIOD_SECONDS),
             worker_wait_seconds=_float(env, "MULTINODE_WORKER_WAIT_SECONDS", DEFAULT_WORKER_WAIT_SECONDS),
             local_pool_size=_count(env, "MULTINODE_LOCAL_POOL_SIZE", DEFAULT_LOCAL_POOL_SIZE),
+            container_temporal_profile=_container_profile(env, profile),
         )
 
     @property
@@ -111,9 +122,14 @@ class MultinodeSettings(BaseModel):
 
     def to_env(self) -> dict[str, str]:
         """Environment that reproduces these settings in another process (a container)."""
+        profile = self.container_temporal_profile or self.temporal_profile
         return {
             _TEMPORAL_PROFILE_ENV: json.dumps(
-                {**self.temporal_profile, "address": self.temporal_address, "namespace": self.temporal_namespace}
+                {
+                    **profile,
+                    "address": profile.get("address") or DEFAULT_TEMPORAL_ADDRESS,
+                    "namespace": self.temporal_namespace,
+                }
             ),
             "MULTINODE_TASK_QUEUE": self.task_queue,
             "MULTINODE_HOME": str(self.home),
@@ -125,6 +141,30 @@ class MultinodeSettings(BaseModel):
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _container_profile(env: Mapping[str, str], own: dict[str, Any]) -> dict[str, Any]:
+    name = env.get(ENV_CONTAINER_PROFILE)
+    if not name:
+        return {}
+    try:
+        profile = dict(ClientConfigProfile.load(profile=name, disable_env=True, override_env_vars=dict(env)).to_dict())
+    except Exception as exc:  # envconfig raises plain errors for a missing profile or a bad file
+        raise ConfigurationError(
+            f"{ENV_CONTAINER_PROFILE}={name!r}: could not load that profile of the Temporal configuration file "
+            f"({exc}). Name a profile of the file TEMPORAL_CONFIG_FILE points at (or the default one).",
+            parameter=ENV_CONTAINER_PROFILE,
+        ) from exc
+    _absolute_tls_paths(profile)
+    own_namespace = own.get("namespace") or "default"
+    if (profile.get("namespace") or own_namespace) != own_namespace:
+        raise ConfigurationError(
+            f"{ENV_CONTAINER_PROFILE}={name!r} names namespace {profile.get('namespace')!r}, but containers must "
+            f"use the control plane's namespace {own_namespace!r} (their activities run in their invocation's "
+            "namespace): give the profile a credential of its own, not another namespace.",
+            parameter=ENV_CONTAINER_PROFILE,
+        )
+    return profile
 
 
 def _absolute_tls_paths(profile: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from multinode._settings import MultinodeSettings
 from multinode.errors import MultinodeError
 from multinode.provisioner.local import LocalProvisioner
 from tests.helpers import ThreadWorker, write_tasks
+from tests.tls_stack import answering_dev_server, pki, proxies, stack  # noqa: F401 - fixtures for TLS tests
 
 
 def free_port() -> int:

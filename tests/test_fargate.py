@@ -936,10 +936,13 @@ def test_fargate_invocation_is_retried_after_its_task_dies(fargate_stack, projec
     invocation_id = fn.start(str(counter))
     pid_file = Path(str(counter) + ".pid")
     pid = int(assert_eventually(lambda: pid_file.exists() and pid_file.read_text(), timeout=60))
-    os.kill(pid, 9)
+    # The user code runs in a child of the task's main process (the container's agent): kill the task.
+    agent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(agent, 9)
     assert fn.await_result(invocation_id, timeout=90) == "attempt 2"
     invocation = fn.get(invocation_id)
     assert invocation.num_failed_attempts == 1
     first = invocation.executions[0]
     assert first.status == InvocationStatus.FAILED and first.error is not None
     assert "exited with code 137" in first.error.message and "SIGKILL" in first.error.message
+    assert_eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, message="the user process ended")

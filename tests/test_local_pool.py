@@ -42,7 +42,7 @@ def whoami():
     }}
 """
 
-UNIT_NAMES = ("mn-template", "mn-supervisor", "mn-container")
+UNIT_NAMES = ("mn-template", "mn-supervisor", "mn-agent", "mn-user")
 
 
 def _name(pid: int) -> str | None:
@@ -58,6 +58,10 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _ours() -> dict[int, str]:
@@ -114,7 +118,7 @@ def test_stopping_the_worker_leaves_no_template_or_pool_unit(
     def pool_ready() -> dict[int, str]:
         ours = _ours()
         names = list(ours.values())
-        assert names.count("mn-template") == 1 and names.count("mn-container") >= 2, ours
+        assert names.count("mn-template") == 1 and names.count("mn-agent") >= 2 and names.count("mn-user") >= 2, ours
         return ours
 
     ours = assert_eventually(pool_ready, timeout=30)
@@ -142,7 +146,7 @@ def test_a_killed_control_plane_leaves_no_template_or_pool_unit(
         def pool_ready() -> dict[int, str]:
             names = {pid: _name(pid) for pid in descendants(process.pid)}
             ours = {pid: name for pid, name in names.items() if name in UNIT_NAMES}
-            assert list(ours.values()).count("mn-container") >= 2, ours
+            assert list(ours.values()).count("mn-agent") >= 2, ours
             return ours
 
         ours = assert_eventually(pool_ready, timeout=30)
@@ -168,14 +172,16 @@ def test_a_container_outlives_close_and_stop_still_kills_it(
     (template,) = provisioner.template_pids()
     child_pid_file = settings.home / "containers" / handle / "child.pid"
     container = int(assert_eventually(lambda: child_pid_file.exists() and child_pid_file.read_text()))
-    assert_eventually(lambda: imports.read_text().split()[-1:] == [str(container)])
+    # main.py is imported by the agent's child, the process that runs user code.
+    user = int(assert_eventually(lambda: imports.exists() and imports.read_text().split()[-1]))
+    assert _parent(user) == container
     provisioner.close()
     assert _gone(template) and provisioner.template_pids() == []
-    assert provisioner.status(handle).state == "running" and not _gone(container)
+    assert provisioner.status(handle).state == "running" and not _gone(container) and not _gone(user)
     provisioner.stop(handle)
     status = provisioner.status(handle)
     assert status.state == "exited" and status.reason == "stopped by Multinode"
-    assert_eventually(lambda: _gone(container), timeout=10)
+    assert_eventually(lambda: _gone(container) and _gone(user), timeout=10)
 
 
 def test_a_template_that_died_is_started_again(register, settings: MultinodeSettings, tmp_path: Path) -> None:
@@ -185,11 +191,12 @@ def test_a_template_that_died_is_started_again(register, settings: MultinodeSett
     try:
         first = provisioner.start(_spec(record, settings))
         (template,) = provisioner.template_pids()
-        units = assert_eventually(lambda: len(descendants(template)) >= 6 and descendants(template))  # 3 units
+        # 3 units: supervisor, agent and user process each
+        units = assert_eventually(lambda: len(descendants(template)) >= 9 and descendants(template))
         os.kill(template, signal.SIGKILL)
         assert_eventually(lambda: provisioner.template_pids() == [])
         # The unassigned units see the end of their pipe and go; the assigned one runs on.
-        assert_eventually(lambda: sum(not _gone(pid) for pid in units) == 2, timeout=15)
+        assert_eventually(lambda: sum(not _gone(pid) for pid in units) == 3, timeout=15)
         assert provisioner.status(first).state == "running"
         second = provisioner.start(_spec(record, settings))
         assert provisioner.template_pids() not in ([], [template])
@@ -213,7 +220,7 @@ def test_without_a_pool_containers_are_forked_on_demand(
         (template,) = provisioner.template_pids()
         assert provisioner.status(handle).state == "running"
         supervisor = json.loads((settings.home / "containers" / handle / "state.json").read_text())["pid"]
-        assert_eventually(lambda: len(descendants(template)) == 2)  # the assigned unit only
+        assert_eventually(lambda: len(descendants(template)) == 3)  # the assigned unit only: supervisor, agent, user
         assert descendants(template)[0] == supervisor
     finally:
         provisioner.close()

@@ -13,11 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,12 +22,11 @@ import pytest
 from multinode import InvocationStatus, get_deployed_function
 from multinode._client import CONNECT_TIMEOUT_SECONDS, connect
 from multinode._devserver import DevServer
-from multinode._protocol import VersionRecord
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
 from multinode.errors import TemporalUnreachableError
-from tests.helpers import ThreadWorker, assert_eventually, write_tasks
-from tests.tls_proxy import CLIENT_NAME, SERVER_NAME, TestPKI, TLSProxy, make_pki
+from tests.helpers import assert_eventually, write_tasks
+from tests.tls_proxy import CLIENT_NAME, SERVER_NAME, TestPKI, TLSProxy
+from tests.tls_stack import mtls_env, set_env
 
 MN = str(Path(sys.executable).parent / "mn")
 REFUSAL_SECONDS = 5.0
@@ -58,102 +54,6 @@ def report(x):
         "temporal_env": sorted(k for k in os.environ if k.startswith("TEMPORAL_")),
     }
 """
-
-
-@dataclass
-class Stack:
-    settings: MultinodeSettings
-    worker: ThreadWorker
-
-    def register(self, folder: Path, project: str) -> VersionRecord:
-        return asyncio.run(register_async(folder, project, self.settings))
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="session")
-def answering_dev_server(dev_server: DevServer) -> DevServer:
-    """The dev server once it answers gRPC (``DevServer.start`` returns as soon as its port is open,
-    while its frontend may still answer "Frontend is not healthy yet"): a refusal seen through the
-    proxy must come from TLS, never from a server still starting."""
-
-    def answers() -> bool:
-        try:
-            asyncio.run(connect(MultinodeSettings(temporal_profile={"address": dev_server.address})))
-        except TemporalUnreachableError as exc:
-            raise AssertionError(str(exc)) from exc
-        return True
-
-    assert_eventually(answers, timeout=60, interval=0.2, message="the dev server answers")
-    return dev_server
-
-
-@pytest.fixture
-def proxies(answering_dev_server: DevServer, pki: TestPKI) -> Iterator[Callable[..., TLSProxy]]:
-    """``proxies(require_client_cert=False) -> TLSProxy`` in front of the dev server; all closed after."""
-    dev_server = answering_dev_server
-    started: list[TLSProxy] = []
-
-    def _start(*, require_client_cert: bool = False) -> TLSProxy:
-        proxy = TLSProxy(dev_server.address, pki, require_client_cert=require_client_cert).start()
-        started.append(proxy)
-        return proxy
-
-    yield _start
-    for proxy in started:
-        thread = proxy._thread
-        proxy.close()
-        assert thread is not None and not thread.is_alive()
-        assert proxy.open_connections() == 0
-    assert not [t for t in threading.enumerate() if t.name.startswith("tls-proxy-")]
-
-
-@pytest.fixture
-def stack(
-    settings: MultinodeSettings,
-    no_containers_left: None,
-    proxies: Callable[..., TLSProxy],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[dict[str, str | None]], Stack]]:
-    """``stack(env) -> Stack``: apply ``env`` (None unsets), load the settings from it, start a worker.
-
-    Builds on the ``settings`` fixture (fresh home and task queue, other TEMPORAL_* variables unset);
-    the worker stops before the proxies close, and no container may be left running.
-    """
-    workers: list[ThreadWorker] = []
-
-    def _start(env: dict[str, str | None]) -> Stack:
-        set_env(monkeypatch, env)
-        secure = MultinodeSettings.from_env()
-        assert (secure.home, secure.task_queue) == (settings.home, settings.task_queue)
-        worker = ThreadWorker(secure)
-        workers.append(worker)
-        return Stack(secure, worker)
-
-    yield _start
-    for worker in workers:
-        worker.stop()
-
-
-def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None]) -> None:
-    for key, value in env.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-
-
-def mtls_env(proxy: TLSProxy, pki: TestPKI) -> dict[str, str | None]:
-    return {
-        "TEMPORAL_ADDRESS": proxy.address,
-        "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(pki.ca_cert),
-        "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.client_cert),
-        "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.client_key),
-        "TEMPORAL_TLS_SERVER_NAME": SERVER_NAME,
-    }
 
 
 def mn(*args: str) -> str:
@@ -211,14 +111,15 @@ def test_mtls_from_environment_variables_end_to_end(
     invocation_id = fn.start(41)
     result = fn.await_result(invocation_id, timeout=90)
 
-    # The container (and its nested call) connected through the proxy with the forwarded profile only.
+    # The container's agent (and, through it, the nested call) connected through the proxy with the
+    # forwarded profile only; the user code saw the address and namespace, never the TLS settings.
     assert result["child"] == 42
-    assert result["profile"]["address"] == proxy.address != dev_server.address
-    assert result["profile"]["tls"] == tls
+    assert result["profile"] == {"address": proxy.address, "namespace": "default"}
+    assert proxy.address != dev_server.address
     assert result["temporal_env"] == []
     invocation = fn.get(invocation_id)
     assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
-    # SDK (register, portal), worker, two containers: every one presented the client certificate
+    # SDK (register, portal), worker, two containers' agents: every one presented the client certificate
     # and asked for temporal.test, over HTTP/2.
     assert len(proxy.handshakes) >= 5, proxy.handshakes
     assert {(h.sni, h.client_common_name, h.alpn) for h in proxy.handshakes} == {(SERVER_NAME, CLIENT_NAME, "h2")}

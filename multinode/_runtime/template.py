@@ -4,15 +4,19 @@ A container process that starts from nothing pays a Python start-up and the impo
 (about half a second) before it can poll for its execution. A template pays that once per environment
 and forks every container from itself, with a few of them started ahead of time (the pool):
 
-    template           single-threaded; imports the runtime, never user code, never connects to Temporal
-      └─ supervisor    one per container (a pool unit): leads its own session and process group, and
-          │            does what the local shim did (memory limit, exit.json, the group killed at the end)
-          └─ container connects and polls the unit's own task queue at once, then waits for its execution
+    template           single-threaded; imports the runtime, never user code, never connects to Temporal,
+      │                never reads the credentials (a descriptor it passes on to the agents)
+      └─ supervisor    one per container (a pool unit): leads its own session, is the subreaper of
+          │            everything below, and does what the local shim did (memory limit, exit.json, the
+          │            tree killed at the end)
+          └─ agent     reads the credentials, connects and polls the unit's own task queue at once, then
+              │        waits for its execution (see agent.py)
+              └─ user  forked by the agent before it read the credentials; runs the user's code
 
-A unit serves one execution only. On its assignment the container sends its output to the
-execution's ``output.log``, takes the execution's environment, moves to the tasks folder and imports
-``main.py`` there (user code is imported fresh in every container, never in the template), then goes
-on exactly like ``python -m multinode._runtime.container``.
+A unit serves one execution only. On its assignment the agent and the user process send their output
+to the execution's ``output.log``; the user process takes the execution's environment, moves to the
+tasks folder and imports ``main.py`` there (user code is imported fresh in every container, never in
+the template), then runs the call its agent receives, as in ``python -m multinode._runtime.container``.
 
 The provisioner talks to the template over its stdin and stdout, one JSON line per request and per
 reply::
@@ -32,6 +36,7 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -41,10 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from multinode._protocol import ENV_CONTAINER_TASK_QUEUE
-from multinode._runtime import container
+from multinode._credentials import ENV_CREDENTIALS_FD, make_undumpable, settings_with_profile
+from multinode._protocol import ENV_CONTAINER_TASK_QUEUE, ENV_INVOCATION_ID
+from multinode._runtime import user
+from multinode._runtime.agent import run_agent, start_agent
 from multinode._settings import MultinodeSettings
 from multinode.provisioner._local_shim import (
+    become_subreaper,
     exit_reason,
     kill_leftovers,
     start_ticks,
@@ -75,7 +83,9 @@ class _Unit:
 
 
 class Template:
-    def __init__(self, requests: int, replies: int, pool_size: int, log_file: str) -> None:
+    def __init__(self, requests: int, replies: int, pool_size: int, log_file: str, credentials: int) -> None:
+        self._credentials = credentials
+        """Descriptor of the Temporal profile: passed on to the units' agents, never read here."""
         self._requests = requests
         self._replies = replies
         self._pool_size = pool_size
@@ -156,7 +166,7 @@ class Template:
                 # end of their pipes when the template ends.
                 for fd in [write_end, self._requests, self._replies, *(u.assignments for u in self._pool)]:
                     os.close(fd)
-                code = _supervisor(read_end, task_queue, self._log_file)
+                code = _supervisor(read_end, task_queue, self._log_file, self._credentials)
             except BaseException:  # noqa: BLE001 - a forked child never returns into the template
                 traceback.print_exc()
             finally:
@@ -195,8 +205,9 @@ class Template:
         self._pool.clear()
 
 
-def _supervisor(assignments: int, task_queue: str, log_file: str) -> int:
+def _supervisor(assignments: int, task_queue: str, log_file: str, credentials: int) -> int:
     """A unit's supervisor: start its container, hand it its assignment, then supervise it."""
+    become_subreaper()  # orphans below this unit (setsid, double forks) are re-parented to it, not to init
     os.setsid()
     _name_process("mn-supervisor")
     read_end, write_end = os.pipe()
@@ -205,13 +216,14 @@ def _supervisor(assignments: int, task_queue: str, log_file: str) -> int:
         try:
             os.close(write_end)
             os.close(assignments)
-            _name_process("mn-container")
-            _container(read_end, task_queue)
+            _name_process("mn-agent")
+            _container(read_end, task_queue, credentials)
         except BaseException:  # noqa: BLE001 - a forked child never returns into the supervisor
             traceback.print_exc()
         finally:
             os._exit(1)
     os.close(read_end)
+    os.close(credentials)
     ended: list[int | None] = []
 
     def child_ended() -> bool:
@@ -249,30 +261,70 @@ def _supervisor(assignments: int, task_queue: str, log_file: str) -> int:
     return supervise(child, state_dir, float(assignment["memory_mib"]))
 
 
-def _container(assignments: int, task_queue: str) -> NoReturn:
-    """A unit's container: poll the unit's queue at once, then wait for the execution assigned to it."""
-    os.environ[ENV_CONTAINER_TASK_QUEUE] = task_queue
-    worker = container.start_worker(task_queue)
-    line = _read_line(assignments, lambda: bool(worker.failure))
+def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
+    """A unit's container: its agent (this process) polls the unit's queue at once, then waits for the
+    execution assigned to it; the user code's process, forked first, waits for the agent's word."""
+    agent_end, user_end = socket.socketpair()
+    user_pid = os.fork()
+    if user_pid == 0:
+        try:
+            # Forked before the agent reads the credentials, and without the descriptor that holds
+            # them: nothing in this process's memory, environment or descriptors grants Temporal access.
+            for fd in (assignments, credentials):
+                os.close(fd)
+            agent_end.close()
+            _name_process("mn-user")
+            user.serve(user_end)
+        except BaseException:  # noqa: BLE001 - a forked child never returns into the agent
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    user_end.close()
+    settings = settings_with_profile(_read_all(credentials).decode(), os.environ)
+    os.close(credentials)
+    make_undumpable()
+    agent = start_agent(task_queue, settings, user_pid, agent_end)
+    line = _read_line(assignments, lambda: bool(agent.failure) or agent.link.ended.is_set())
     if line is None:
-        if worker.failure:
-            print(f"[multinode] a pre-started container's worker failed: {worker.failure[0]}", file=sys.stderr)
-            os._exit(2)
-        os._exit(0)  # the supervisor is gone: nothing will be assigned
+        if agent.failure:
+            print(f"[multinode] a pre-started container's worker failed: {agent.failure[0]}", file=sys.stderr)
+        elif agent.link.ended.is_set():
+            print(f"[multinode] a pre-started container's user process {agent.link.exited}", file=sys.stderr)
+        _end_unassigned(user_pid)
+        os._exit(2 if agent.failure else 0)  # without failure: the supervisor is gone, nothing will be assigned
     os.close(assignments)
     assignment = json.loads(line)
     state_dir = Path(assignment["state_dir"])
-    log = os.open(state_dir / "output.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    log_file = str(state_dir / "output.log")
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    os.environ.update(assignment["env"])
-    os.environ[ENV_LOG_FILE] = str(state_dir / "output.log")
-    os.environ[ENV_CONTAINER_TASK_QUEUE] = task_queue
-    os.chdir(assignment["code_dir"])
-    container.run_execution(worker, Path(assignment["code_dir"]))
+    env = {**assignment["env"], ENV_LOG_FILE: log_file, ENV_CONTAINER_TASK_QUEUE: task_queue}
+    if env.get(ENV_INVOCATION_ID):  # without one (a provisioner test), the gate refuses every call
+        agent.assign(env[ENV_INVOCATION_ID])
+    agent.link.send({"op": "assign", "env": env, "code_dir": assignment["code_dir"], "log_file": log_file})
+    run_agent(agent)
+
+
+def _end_unassigned(user_pid: int) -> None:
+    try:
+        os.kill(user_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    data = b""
+    while len(data) < size:
+        chunk = os.pread(fd, size - len(data), len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _read_line(fd: int, stop: Callable[[], bool]) -> bytes | None:
@@ -321,12 +373,13 @@ def main() -> None:
     sys.path[:] = [p for p in sys.path if p not in ("", cwd)]
     _name_process("mn-template")
     pool_size = MultinodeSettings.from_env().local_pool_size
+    credentials = int(os.environ.pop(ENV_CREDENTIALS_FD))
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:  # forking copies only the calling thread: state another thread holds is lost
         print(f"[multinode] warning: the template runs {threads} threads before forking", file=sys.stderr)
     gc.collect()
     gc.freeze()  # the imported modules' objects stay shared with every container (no copy on write)
-    Template(requests, replies, pool_size, log_file).serve()
+    Template(requests, replies, pool_size, log_file, credentials).serve()
     os._exit(0)  # nothing to flush (unbuffered), and no interpreter finalization to wait for
 
 

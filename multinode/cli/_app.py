@@ -38,7 +38,10 @@ ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PR
 
 def _serve_until_signalled(settings: MultinodeSettings) -> None:
     """Run a control-plane worker until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly."""
+    from multinode._credentials import make_undumpable
     from multinode._worker import run_worker
+
+    make_undumpable()  # it holds the Temporal credentials: user code of the same OS user cannot read them
 
     async def serve() -> None:
         stop = asyncio.Event()

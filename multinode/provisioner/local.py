@@ -1,8 +1,10 @@
-"""Local backend: each container is a process group on this machine, under a small supervisor.
+"""Local backend: each container is a process tree on this machine, under a small supervisor.
 
 State lives in ``$MULTINODE_HOME/containers/EXECUTION_ID/`` (``state.json``, ``output.log``,
 ``exit.json``), so a control-plane worker started after another one died can still find, watch and
-stop the containers the first one launched. CPU is not limited locally; memory is (see _local_shim).
+stop the containers the first one launched. CPU is not limited locally; memory and the number of
+processes are (see _local_shim). A container runs as long as its supervisor does: the supervisor, a child
+subreaper, ends only once every process below it (those that left its process group included) is gone.
 
 Containers are forked, not started from nothing: per environment (a version's Python and Multinode's
 settings) the provisioner starts one template process (``multinode._runtime.template``, logs in
@@ -28,9 +30,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from multinode._settings import MultinodeSettings
+from multinode._credentials import ENV_CREDENTIALS_FD, credential_free_env
+from multinode._settings import ENV_TEMPORAL_PROFILE, MultinodeSettings
 from multinode.errors import ProvisionerError, VersionNotStoredError
-from multinode.provisioner._local_shim import group_members, start_ticks, write_json
+from multinode.provisioner._local_shim import group_members, kill_tree, send_signal, start_ticks, write_json
 from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
 from multinode.provisioner.local_build import LocalVersionStore
 
@@ -38,7 +41,7 @@ _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE
 MAX_LOG_CHUNK_BYTES = 1024 * 1024
 """Largest piece of output returned by one ``logs`` call (Temporal payloads are capped at 2 MB)."""
 STOP_WAIT_SECONDS = 10.0
-"""How long ``stop`` waits for a killed process group to disappear."""
+"""How long ``stop`` waits for a killed container (its supervisor's tree, its process group) to disappear."""
 TEMPLATE_REPLY_TIMEOUT_SECONDS = 60.0
 """Longest ``start`` waits for a template's reply (the first one includes the template's own start-up)."""
 TEMPLATE_CLOSE_WAIT_SECONDS = 5.0
@@ -122,23 +125,28 @@ class LocalProvisioner(Provisioner):
         return [t.process.pid for t in templates if t.process is not None and t.process.poll() is None]
 
     def _template(self, python: Path, settings_env: dict[str, str]) -> _Template:
+        # The template, and the user code forked from it, never see the credentials: only the agents
+        # read them, from a descriptor the template passes on unread.
         env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        env.update(settings_env)
+        env.update(credential_free_env(settings_env))
         env["PYTHONUNBUFFERED"] = "1"
-        key = hashlib.sha256(json.dumps([str(python), sorted(env.items())]).encode()).hexdigest()[:16]
+        credentials = settings_env.get(ENV_TEMPORAL_PROFILE, "")
+        key = hashlib.sha256(json.dumps([str(python), sorted(env.items()), credentials]).encode()).hexdigest()[:16]
         with self._templates_lock:
             template = self._templates.get(key)
             if template is None:
                 folder = self._home / "templates" / key
-                template = self._templates[key] = _Template(folder, python, env, self._store.link_runtime)
+                template = self._templates[key] = _Template(folder, python, env, credentials, self._store.link_runtime)
             return template
 
     def status(self, handle_id: str) -> ContainerStatus:
         state_dir = self._dir(handle_id)
         exited = _read_json(state_dir / "exit.json")
-        if exited is not None:
-            return ContainerStatus("exited", exited.get("exit_code"), str(exited.get("reason", "")))
         state = _read_json(state_dir / "state.json")
+        # The supervisor writes exit.json once its tree is gone, then ends: until it has ended, it may
+        # still be killing what is left (a container is over only when none of its processes is left).
+        if exited is not None and (state is None or not self._alive(state)):
+            return ContainerStatus("exited", exited.get("exit_code"), str(exited.get("reason", "")))
         if state is None:
             return ContainerStatus("exited", None, "the container was never started")
         if self._alive(state):
@@ -166,9 +174,21 @@ class LocalProvisioner(Provisioner):
         state = _read_json(state_dir / "state.json")
         if state is None:
             return
-        # The whole process group, even when the supervisor is gone: what the user code started too.
-        pgid = int(state["pid"])
+        supervisor = pgid = int(state["pid"])
         deadline = time.monotonic() + STOP_WAIT_SECONDS
+        if self._alive(state):
+            # Everything below the supervisor first, orphans that left its process group included (it is
+            # their subreaper): killed before it, they cannot escape to init. Stopped meanwhile, it neither
+            # writes its own exit.json nor ends before them.
+            send_signal(supervisor, signal.SIGSTOP)
+            left = kill_tree(supervisor, timeout=STOP_WAIT_SECONDS)
+            if left:
+                raise ProvisionerError(
+                    f"Container {handle_id} did not stop within {STOP_WAIT_SECONDS:g} s: processes {left} are left."
+                )
+            if self._alive(state):
+                send_signal(supervisor, signal.SIGKILL)
+        # Then the whole process group, even when the supervisor is gone: what the user code started too.
         pause = 0.002  # a killed process is usually gone within milliseconds: look again soon, then less often
         while self._alive(state) or group_members(pgid):
             for pid in group_members(pgid):
@@ -220,10 +240,13 @@ class _TemplateGone(Exception):
 class _Template:
     """One template process and the lock that serialises its requests (one request, then its reply)."""
 
-    def __init__(self, folder: Path, python: Path, env: dict[str, str], prepare: Callable[[], object]) -> None:
+    def __init__(
+        self, folder: Path, python: Path, env: dict[str, str], credentials: str, prepare: Callable[[], object]
+    ) -> None:
         self.folder = folder
         self.python = python
         self.env = env
+        self._credentials = credentials
         self._prepare = prepare
         """Called before each start of the process (links the runtime the environment imports)."""
         self.lock = threading.Lock()
@@ -266,19 +289,28 @@ class _Template:
         self._prepare()
         cwd = self.folder / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(self.python), "-m", "multinode._runtime.template", str(self.log_file)],
-                cwd=cwd,
-                env=self.env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                # Not in the control plane's process group: Ctrl-C on `mn dev` reaches the worker, which
-                # closes the template (the end of its stdin) itself.
-                start_new_session=True,
-            )
+        credentials = os.memfd_create("multinode-credentials", os.MFD_CLOEXEC)
+        try:
+            os.write(credentials, self._credentials.encode())
+            with open(self.log_file, "ab") as log:
+                self.process = self._popen(cwd, log, credentials)
+        finally:
+            os.close(credentials)
         return self.process
+
+    def _popen(self, cwd: Path, log: Any, credentials: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self.python), "-m", "multinode._runtime.template", str(self.log_file)],
+            cwd=cwd,
+            env={**self.env, ENV_CREDENTIALS_FD: str(credentials)},
+            pass_fds=[credentials],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            # Not in the control plane's process group: Ctrl-C on `mn dev` reaches the worker, which
+            # closes the template (the end of its stdin) itself.
+            start_new_session=True,
+        )
 
     def close(self) -> None:
         """Close the template's stdin: it kills its unassigned containers and exits."""

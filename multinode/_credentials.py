@@ -1,0 +1,48 @@
+"""Keeping the Temporal credentials out of reach of user code (see "Trust model" in docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Mapping
+
+from multinode._settings import DEFAULT_TEMPORAL_ADDRESS, ENV_TEMPORAL_PROFILE, MultinodeSettings
+
+ENV_CREDENTIALS_FD = "MULTINODE_CREDENTIALS_FD"
+"""A local container's agent reads the Temporal profile (credentials included) from this descriptor."""
+_PR_SET_DUMPABLE = 4
+
+
+def make_undumpable() -> None:
+    """Other processes of the same user (user code's) cannot read this one's memory or environment
+    through /proc or ptrace, unless they hold CAP_SYS_PTRACE (root outside a container does)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def credential_free_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a process that runs user code: no ``TEMPORAL_*`` variable, and a Temporal profile
+    reduced to the address and namespace (which tell nothing that grants access)."""
+    try:
+        profile = json.loads(environ.get(ENV_TEMPORAL_PROFILE) or "{}")
+    except ValueError:
+        profile = {}
+    public = {
+        "address": profile.get("address") or environ.get("TEMPORAL_ADDRESS") or DEFAULT_TEMPORAL_ADDRESS,
+        "namespace": profile.get("namespace") or environ.get("TEMPORAL_NAMESPACE") or "default",
+    }
+    env = {
+        k: v
+        for k, v in environ.items()
+        if not k.startswith("TEMPORAL_") and k not in (ENV_TEMPORAL_PROFILE, ENV_CREDENTIALS_FD)
+    }
+    env[ENV_TEMPORAL_PROFILE] = json.dumps(public)
+    return env
+
+
+def settings_with_profile(profile_json: str, environ: Mapping[str, str]) -> MultinodeSettings:
+    """Settings from ``environ``, with the Temporal profile given apart (a local agent reads it from a
+    descriptor: see ``ENV_CREDENTIALS_FD``)."""
+    return MultinodeSettings.from_env({**environ, ENV_TEMPORAL_PROFILE: profile_json})

@@ -1,0 +1,428 @@
+"""A container's agent: the Temporal worker that runs the one ``run_function`` activity of an execution,
+for a child process that runs the user's code and holds no Temporal credentials (``user.py``).
+
+The agent sends the call to the child, heartbeats (with the latest progress) while it runs, raises
+cancellation and timeouts inside it (a frame, turned into a signal on the child's main thread), relays
+the Temporal calls the child's SDK makes through the gate (``gate.py``), and reports the outcome. If the
+child ends without an outcome (it crashed, called ``os._exit``, or its main thread died), the attempt
+fails at once with how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from multinode._client import connect
+from multinode._protocol import (
+    INTERRUPT_ACTIVITY,
+    PROGRESS_SIGNAL,
+    RUN_FUNCTION_ACTIVITY,
+    InterruptInput,
+    ProgressUpdate,
+    RunInput,
+    RunOutput,
+)
+from multinode._runtime.channel import Channel, ChannelClosed
+from multinode._runtime.gate import Gate
+from multinode._serialization import MAX_PAYLOAD_CHARS
+from multinode._settings import MultinodeSettings
+
+HEARTBEAT_INTERVAL_SECONDS = 0.25
+"""How often the run activity looks at its timers and the progress pacer."""
+LIVENESS_HEARTBEAT_SECONDS = 1.0
+"""Without new progress, how often the run activity heartbeats (which also brings back cancellation).
+A new yield heartbeats at once: the SDK sends a heartbeat immediately when none went out within
+HEARTBEAT_SEND_INTERVAL, so sparse yields reach `.get()` in milliseconds and dense ones every 0.5 s."""
+HEARTBEAT_SEND_INTERVAL = timedelta(milliseconds=500)
+"""How often the SDK sends the latest heartbeat (with the latest progress) to the server."""
+MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS = 1.0
+"""Progress reaches the workflow (its ``progress`` query) at most this often."""
+IDLE_TIMEOUT_SECONDS = 600.0
+"""A container that receives no execution for this long exits (its workflow has moved on)."""
+MAX_CALLS_IN_FLIGHT = 64
+"""Temporal calls of the user process relayed at once; more are answered RESOURCE_EXHAUSTED at once."""
+REPORT_WAIT_SECONDS = 60.0
+"""After the call, how long the agent waits for its worker to report the outcome before exiting."""
+
+
+def log(message: str) -> None:
+    print(f"[multinode] {message}", file=sys.stderr, flush=True)
+
+
+def exit_description(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class UserLink:
+    """The agent's side of the user process: what it sent, and how it ended."""
+
+    pid: int
+    channel: Channel
+    invocation_id: str | None = None
+    progress: str | None = None
+    progress_version: int = 0
+    outcome: tuple[dict[str, Any], bytes] | None = None
+    exited: str | None = None
+    """How the process ended, once it has (without an outcome, this is the attempt's error)."""
+    gate: Gate | None = None
+    client: Client | None = None
+    control_queue: str = ""
+    loop: asyncio.AbstractEventLoop | None = None
+    waker: Any = None
+    """Called on the agent's loop after each frame that changes the state above."""
+    ended: threading.Event = field(default_factory=threading.Event)
+    calls: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_CALLS_IN_FLIGHT))
+
+    def send(self, header: dict[str, Any]) -> None:
+        try:
+            self.channel.send(header)
+        except ChannelClosed:
+            pass  # the reader notices the end too, and reports it
+
+    def read(self) -> None:
+        """The reader thread: take the user process's frames until it ends; then record how it ended."""
+        reason = ""
+        try:
+            while True:
+                header, body = self.channel.receive()
+                op = header["op"]
+                if op == "progress" and len(body) <= MAX_PAYLOAD_CHARS:
+                    self.progress = body.decode(errors="replace")
+                    self.progress_version += 1
+                elif op == "done" and self.outcome is None:
+                    self.outcome = (header, body)
+                elif op == "rpc":
+                    if self.loop is not None and self.calls.acquire(blocking=False):
+                        asyncio.run_coroutine_threadsafe(self._relay(header, body), self.loop)
+                    else:
+                        status = RPCStatusCode.RESOURCE_EXHAUSTED if self.loop else RPCStatusCode.UNAVAILABLE
+                        busy = "too many Temporal calls at once" if self.loop else "the agent is not connected yet"
+                        self.send({"op": "rpc_error", "id": header.get("id"), "status": int(status), "message": busy})
+                    continue
+                self._wake()
+        except ChannelClosed as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a frame the protocol does not have
+            reason = f"it broke the channel's protocol ({type(exc).__name__})"
+        self.exited = self._reap(reason)
+        self.ended.set()
+        self._wake()
+
+    def _reap(self, reason: str) -> str:
+        """Wait for the process to end (killing it if it closed the channel but runs on)."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return exit_description(os.waitstatus_to_exitcode(status))
+            time.sleep(0.01)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        return f"closed its channel to the agent ({reason}) and was killed"
+
+    def _wake(self) -> None:
+        if self.loop is not None and self.waker is not None:
+            self.loop.call_soon_threadsafe(self.waker)
+
+    async def _relay(self, header: dict[str, Any], body: bytes) -> None:
+        call_id = header.get("id")
+        try:
+            if self.gate is None and self.client is not None and self.invocation_id is not None:
+                self.gate = Gate(self.client, self.control_queue, self.invocation_id)
+            if self.gate is None:
+                raise RPCError("the container has no execution yet", RPCStatusCode.UNAVAILABLE, b"")
+            timeout = header.get("timeout")
+            response = await self.gate.call(
+                str(header.get("rpc")),
+                body,
+                bool(header.get("retry")),
+                float(timeout) if isinstance(timeout, (int, float)) else None,
+            )
+            reply: dict[str, Any] = {"op": "rpc_result", "id": call_id}
+        except RPCError as exc:
+            reply = {"op": "rpc_error", "id": call_id, "status": int(exc.status), "message": exc.message}
+            details = getattr(exc, "raw_grpc_status", b"")
+            response = details if isinstance(details, bytes) else b""
+        except Exception as exc:  # noqa: BLE001 - the user process gets an answer to every call
+            reply = {"op": "rpc_error", "id": call_id, "status": int(RPCStatusCode.INTERNAL), "message": str(exc)}
+            response = b""
+        finally:
+            self.calls.release()
+        try:
+            await asyncio.to_thread(self.channel.send, reply, response)
+        except ChannelClosed:
+            pass
+
+
+class _ProgressPacer:
+    """Sends the latest progress to the workflow as signals, within the execution's budget.
+
+    The gap between two signals is at least ``MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS`` and stretches
+    so that, at the current payload size, the budget lasts until the execution's deadline.
+    """
+
+    def __init__(self, client: Client, run: RunInput) -> None:
+        self._client = client
+        self._run = run
+        self._count_left = run.progress_signal_budget
+        self._bytes_left = run.progress_bytes_budget
+        self._deadline = time.monotonic() + run.timeout_seconds
+        self._next_at = 0.0
+        self._sent_version = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, progress: str | None, version: int) -> None:
+        now = time.monotonic()
+        if progress is None or version == self._sent_version or now < self._next_at:
+            return
+        if (self._task is not None and not self._task.done()) or self._count_left <= 0:
+            return
+        size = len(progress)
+        if size > self._bytes_left:
+            return
+        try:
+            value = json.loads(progress)
+        except (ValueError, RecursionError):
+            return  # not what the SDK sends
+        self._sent_version = version
+        self._count_left -= 1
+        self._bytes_left -= size
+        left = max(self._deadline - now, 0.0)
+        self._next_at = now + max(
+            MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS,
+            left / max(self._count_left, 1),
+            left * size / max(self._bytes_left, 1),
+        )
+        update = ProgressUpdate(execution_id=self._run.execution_id, value=value)
+        self._task = asyncio.create_task(self._send(update))
+
+    async def _send(self, update: ProgressUpdate) -> None:
+        try:
+            await self._client.get_workflow_handle(self._run.invocation_id).signal(PROGRESS_SIGNAL, update)
+        except Exception as exc:  # progress is best effort; the result is not
+            log(f"progress signal not sent: {exc}")
+
+
+class AgentActivities:
+    """The activities the container's worker runs."""
+
+    def __init__(self, link: UserLink, client: Client, started: threading.Event, finished: threading.Event) -> None:
+        self.link = link
+        self.client = client
+        self.started = started
+        self.finished = finished
+        self.interrupted: str | None = None
+        self._run: RunInput | None = None
+
+    def _interrupt(self, reason: str) -> None:
+        if self.interrupted is not None:
+            return
+        self.interrupted = reason
+        log(f"interrupting the function: {reason.replace('_', ' ')}")
+        self.link.send({"op": "interrupt", "reason": reason})
+
+    def _interruption_error(self) -> ApplicationError:
+        assert self._run is not None
+        if self.interrupted == "timed_out":
+            return ApplicationError(
+                f"The invocation timed out after {self._run.timeout_seconds:g} s.",
+                type="InvocationTimedOutError",
+                non_retryable=True,
+            )
+        return ApplicationError("The invocation was cancelled.", type="InvocationCancelledError", non_retryable=True)
+
+    def _outcome(self) -> RunOutput:
+        if self.interrupted is not None:
+            raise self._interruption_error()
+        link = self.link
+        if link.outcome is None:
+            raise ApplicationError(
+                f"The function's process {link.exited or 'ended'} before it returned or raised; see `mn logs`.",
+                type="ProcessExitedError",
+                non_retryable=True,
+            )
+        header, body = link.outcome
+        error = header.get("error")
+        if isinstance(error, dict):
+            raise ApplicationError(
+                str(error.get("message", "")),
+                str(error.get("traceback", "")),
+                type=str(error.get("type") or "Exception"),
+                non_retryable=True,
+            )
+        if len(body) > MAX_PAYLOAD_CHARS:
+            raise ApplicationError(
+                f"The result takes {len(body):,} characters, over the limit of {MAX_PAYLOAD_CHARS:,}.",
+                type="PayloadError",
+                non_retryable=True,
+            )
+        try:
+            return RunOutput(result=json.loads(body))
+        except (ValueError, RecursionError) as exc:
+            raise ApplicationError(
+                "The function's process reported a result that is not JSON.", type="PayloadError", non_retryable=True
+            ) from exc
+
+    @activity.defn(name=RUN_FUNCTION_ACTIVITY)
+    async def run_function(self, run: RunInput) -> RunOutput:
+        loop = asyncio.get_running_loop()
+        link = self.link
+        self._run = run
+        woken = asyncio.Event()
+        link.waker = woken.set
+
+        def done() -> bool:
+            return link.outcome is not None or link.exited is not None
+
+        self.started.set()
+        link.send({"op": "run", "input": asdict(run)})
+        timers = [loop.call_later(run.timeout_seconds, self._interrupt, "timed_out")]
+        grace_over = asyncio.Event()
+        pacer = _ProgressPacer(self.client, run)
+        beat_at, beat_version = -math.inf, -1
+        try:
+            while not done() and not grace_over.is_set():
+                woken.clear()
+                progress, version = link.progress, link.progress_version
+                if version != beat_version or loop.time() - beat_at >= LIVENESS_HEARTBEAT_SECONDS:
+                    activity.heartbeat(*([progress] if progress is not None else []))
+                    beat_at, beat_version = loop.time(), version
+                pacer.offer(progress, version)
+                if self.interrupted == "timed_out" and not timers[1:]:
+                    timers.append(loop.call_later(run.grace_period_seconds, grace_over.set))
+                    timers.append(loop.call_later(run.grace_period_seconds, woken.set))
+                try:
+                    await asyncio.wait_for(woken.wait(), HEARTBEAT_INTERVAL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            self._interrupt("cancelled")
+            deadline = loop.time() + run.grace_period_seconds
+            while not done() and loop.time() < deadline:
+                # Keep heartbeating: the grace period may be longer than the heartbeat timeout.
+                activity.heartbeat()
+                woken.clear()
+                try:
+                    await asyncio.wait_for(asyncio.shield(woken.wait()), HEARTBEAT_INTERVAL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+            if not done():
+                log("the function did not stop within the grace period")
+            raise
+        finally:
+            for timer in timers:
+                timer.cancel()
+            self.finished.set()
+        if not done():
+            log("the function did not stop within the grace period after its timeout")
+        return self._outcome()
+
+    @activity.defn(name=INTERRUPT_ACTIVITY)
+    async def interrupt(self, request: InterruptInput) -> None:
+        self._interrupt(request.reason)
+
+
+@dataclass
+class Agent:
+    """The container's Temporal worker, polling on a thread of its own, and its link to the user process."""
+
+    link: UserLink
+    thread: threading.Thread
+    started: threading.Event
+    """Set when the execution's call arrives."""
+    finished: threading.Event
+    """Set when the call has ended (the worker then reports it and stops)."""
+    failure: list[BaseException]
+    """The worker's error, once it has failed (it could not connect, or stopped polling)."""
+
+    def assign(self, invocation_id: str) -> None:
+        self.link.invocation_id = invocation_id
+
+
+async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> None:
+    client = await connect(settings)
+    link = agent.link
+    link.client, link.control_queue = client, settings.task_queue
+    link.loop = asyncio.get_running_loop()
+    activities = AgentActivities(link, client, agent.started, agent.finished)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        activities=[activities.run_function, activities.interrupt],
+        max_concurrent_activities=4,
+        # Two polls in flight (the SDK's default is five): the run, then an interrupt. Every pre-started
+        # container polls while it waits, so each extra poll is one more long poll the server holds.
+        max_concurrent_activity_task_polls=2,
+        # The run activity has returned when shutdown starts; leave time for its report to be sent.
+        graceful_shutdown_timeout=timedelta(seconds=10),
+        # Heartbeats (which carry the latest progress, and bring back cancellation) are sent at most
+        # this often, instead of at 80% of the heartbeat timeout: fresh progress without a heartbeat
+        # timeout so short that a C call holding the GIL would count as a dead container.
+        max_heartbeat_throttle_interval=HEARTBEAT_SEND_INTERVAL,
+    )
+    async with worker:
+        await asyncio.to_thread(agent.finished.wait)
+
+
+def start_agent(task_queue: str, settings: MultinodeSettings, user_pid: int, sock: socket.socket) -> Agent:
+    """Connect to Temporal and poll ``task_queue`` on a thread; read the user process's frames on another."""
+    link = UserLink(user_pid, Channel(sock))
+    agent = Agent(link, threading.Thread(), threading.Event(), threading.Event(), [])
+
+    def serve() -> None:
+        try:
+            asyncio.run(_serve(agent, settings, task_queue))
+        except BaseException as exc:  # noqa: BLE001 - reported by run_agent, then the container exits
+            agent.failure.append(exc)
+            agent.started.set()
+            agent.finished.set()
+
+    agent.thread = threading.Thread(target=serve, name="multinode-worker", daemon=True)
+    agent.thread.start()
+    threading.Thread(target=link.read, name="multinode-user", daemon=True).start()
+    return agent
+
+
+def run_agent(agent: Agent) -> NoReturn:
+    """Wait for the execution's call and its report, then end the container (the user process too)."""
+    code = 0
+    if not agent.started.wait(IDLE_TIMEOUT_SECONDS):
+        log(f"no execution arrived within {IDLE_TIMEOUT_SECONDS:g} s; exiting")
+        code = 3
+    else:
+        agent.finished.wait()
+        agent.thread.join(timeout=REPORT_WAIT_SECONDS)
+    if agent.failure:
+        log(f"the container's worker failed: {agent.failure[0]}")
+        code = 2
+    try:
+        os.kill(agent.link.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    agent.link.ended.wait(5)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
