@@ -10,8 +10,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from multinode import _invocations
 from multinode._client import get_client
 from multinode._handle import list_page
+from multinode._limits import check_names
+from multinode._listing import quote_query_value
 from multinode._protocol import INVOCATION_WORKFLOW, SA_PROJECT
-from multinode._registry import check_project_name, delete_project
+from multinode._registry import delete_project
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList, InvocationStatus
 from multinode.errors import ValidationError
@@ -43,7 +45,7 @@ async def list_invocations(
 ) -> tuple[InvocationIdsList, list[Invocation]]:
     if status is not None and status.upper() not in InvocationStatus.__members__:
         raise ValidationError(f"Unknown status {status!r}; use one of {', '.join(InvocationStatus.__members__)}.")
-    check_project_name(project)
+    check_names(project, function)
     client = await get_client(settings)
     page = await list_page(client, project, function, offset, status.upper() if status else None)
     invocations = await asyncio.gather(*(get_invocation(settings, i) for i in page.invocation_ids))
@@ -54,7 +56,10 @@ async def delete_project_and_invocations(settings: MultinodeSettings, project: s
     client = await get_client(settings)
     # Delete first, so that no new invocation starts; then cancel what is in flight.
     await delete_project(client, settings, project)
-    query = f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{project}' AND ExecutionStatus = 'Running'"
+    query = (
+        f"WorkflowType = {quote_query_value(INVOCATION_WORKFLOW)} AND {SA_PROJECT} = {quote_query_value(project)} "
+        f"AND ExecutionStatus = {quote_query_value('Running')}"
+    )
     ids = [wf.id async for wf in client.list_workflows(query)]
     await asyncio.gather(*(_cancel_quietly(client, i) for i in ids))
     return len(ids)

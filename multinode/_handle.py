@@ -22,7 +22,8 @@ from temporalio.service import RPCError
 
 from multinode import _invocations, _serialization
 from multinode._client import get_client, is_not_found, rpc_boundary, run_sync
-from multinode._listing import newest_first
+from multinode._limits import check_names
+from multinode._listing import newest_first, quote_query_value
 from multinode._protocol import (
     CHILD_STARTED_SIGNAL,
     ENV_INVOCATION_ID,
@@ -38,7 +39,7 @@ from multinode._protocol import (
     VersionRecord,
     quota_workflow_id,
 )
-from multinode._registry import check_project_name, resolve_version
+from multinode._registry import resolve_version
 from multinode._settings import MultinodeSettings
 from multinode._slots import queue_at_quota
 from multinode._types import Invocation, InvocationIdsList
@@ -70,7 +71,8 @@ class DeployedFunction:
         *,
         settings: MultinodeSettings | None = None,
     ) -> None:
-        self.project_name = check_project_name(project_name)
+        check_names(project_name, function_name)
+        self.project_name = project_name
         self.function_name = function_name
         self.version_id = version_id
         self._settings = settings
@@ -313,12 +315,13 @@ async def list_page(
     client: Client, project_name: str, function_name: str, offset: str | None, status: str | None = None
 ) -> InvocationIdsList:
     """One page of a function's invocation ids, newest first, optionally of one status only."""
+    check_names(project_name, function_name)
     query = (
-        f"WorkflowType = '{INVOCATION_WORKFLOW}' AND {SA_PROJECT} = '{project_name}' "
-        f"AND {SA_FUNCTION} = '{function_name}'"
+        f"WorkflowType = {quote_query_value(INVOCATION_WORKFLOW)} AND {SA_PROJECT} = {quote_query_value(project_name)} "
+        f"AND {SA_FUNCTION} = {quote_query_value(function_name)}"
     )
     if status is not None:
-        query += f" AND {SA_STATUS} = '{status}'"
+        query += f" AND {SA_STATUS} = {quote_query_value(status)}"
     try:
         ids, next_offset = await newest_first(client, query, LIST_PAGE_SIZE, offset)
     except ValueError as exc:

@@ -10,10 +10,13 @@ share the boundary's start time are neither skipped nor repeated.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 from temporalio.client import Client
+
+from multinode.errors import ValidationError
 
 FIRST_WINDOW = timedelta(minutes=1)
 """Width of the first look-back window; each next window is four times wider."""
@@ -23,6 +26,31 @@ _RESOLUTION = timedelta(microseconds=1)
 Row = tuple[datetime, str]
 Count = Callable[[str], Awaitable[int]]
 Fetch = Callable[[str], Awaitable[list[Row]]]
+
+
+def quote_query_value(value: str) -> str:
+    """``value`` as a string literal of Temporal's visibility queries (List Filters), matching exactly it.
+
+    The query language is SQL-like: a literal is single-quoted and a quote inside it is escaped with a
+    backslash (``'it\\'s'``), so a name holding ``' OR MultinodeProject = 'x`` stays one literal.
+
+    Temporal then loses some values on the way (checked on server 1.32, the ``mn dev`` one): it trims
+    every quote from both ends of a parsed value (``'it'`` is searched as ``it``), and its SQL visibility
+    stores (SQLite, PostgreSQL) re-escape the value MySQL-style, which SQLite and PostgreSQL do not undo,
+    so a backslash, a double quote or a control character cannot be matched exactly (``a\\b`` would match
+    the value ``a\\\\b``, ``a"b`` nothing). Such values are refused with ``ValidationError`` rather than
+    turned into a query that silently matches something else. Valid names never hold them (``_limits``).
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"Only a string can be searched for in Temporal's visibility store, not {value!r}.")
+    bad = next((c for c in value if c in '\\"' or unicodedata.category(c) == "Cc"), None)
+    if bad is not None or value.startswith("'") or value.endswith("'"):
+        why = f"it holds {bad!r}" if bad is not None else "it starts or ends with a quote"
+        raise ValidationError(
+            f"{value!r} cannot be searched for exactly in Temporal's visibility store: {why} (backslashes, double "
+            "quotes, control characters and quotes at either end are not matched faithfully)."
+        )
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -61,11 +89,11 @@ async def page_newest_first(
     cursor = decode_offset(offset) if offset else None
     # Inclusive of the cursor's start time: invocations sharing it may not all have been shown.
     upper = cursor[0] + _RESOLUTION if cursor else datetime.now(timezone.utc) + timedelta(days=1)
-    before = f"{query} AND StartTime < '{_rfc3339(upper)}'"
+    before = f"{query} AND StartTime < {quote_query_value(_rfc3339(upper))}"
     total = await count(before)
     window = FIRST_WINDOW
     while total:
-        in_window = f"{before} AND StartTime >= '{_rfc3339(upper - window)}'"
+        in_window = f"{before} AND StartTime >= {quote_query_value(_rfc3339(upper - window))}"
         found = await count(in_window)
         if found >= limit or found >= total:
             rows = sorted((r for r in await fetch(in_window) if cursor is None or r < cursor), reverse=True)

@@ -3,6 +3,9 @@
 Its errors name the user's own files as the user named the folder (``tasks/main.py:12``), never the
 stored copy that was imported; what lies behind a one-line error goes to a log in
 ``$MULTINODE_HOME/logs/``, whose path the error carries.
+
+A registration that fails, or is interrupted, leaves nothing behind: the stored copy and environment
+it created are removed (``LocalVersionStore.discard``), and nothing is recorded in the registry.
 """
 
 from __future__ import annotations
@@ -11,19 +14,36 @@ import asyncio
 import io
 import json
 import os
+import signal
 import subprocess
 import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from temporalio.client import WorkflowUpdateFailedError
 
 from multinode._client import get_client
 from multinode._config import FunctionConfig
+from multinode._limits import check_registered_names
 from multinode._protocol import FunctionRecord, Parameter, VersionRecord, VersionRegistration
 from multinode._registry import check_control_plane, check_project_name, register_version
 from multinode._settings import MultinodeSettings
-from multinode.errors import ConfigurationError, InvalidTasksFolderError
-from multinode.provisioner.local_build import SUMMARY_MAX_CHARS, BuiltVersion, LocalVersionStore, shown_paths
+from multinode.errors import ConfigurationError, InvalidTasksFolderError, MultinodeError, ValidationError
+from multinode.provisioner._local_shim import descendants, group_members, kill_tree, send_signal
+from multinode.provisioner.local_build import (
+    SUMMARY_MAX_CHARS,
+    BuildCancelled,
+    BuiltVersion,
+    LocalVersionStore,
+    shown_paths,
+    tasks_files,
+)
 
 PROVISIONERS = ("local", "fargate")
 """Container backends a version can be registered for."""
@@ -31,6 +51,12 @@ IMPORT_CHECK_TIMEOUT_SECONDS = 300
 """Longest ``main.py`` may take to import at registration."""
 KEPT_LOGS = 50
 """Registration logs kept in ``$MULTINODE_HOME/logs/``; older ones are removed."""
+IMPORT_CHECK_TAG = "MULTINODE_IMPORT_CHECK"
+"""Environment variable that marks the import check's processes (their helpers inherit it)."""
+KILL_TIMEOUT_SECONDS = 10.0
+"""Longest registration keeps killing what the import check left."""
+
+T = TypeVar("T")
 
 
 def check_tasks_folder(path: Path) -> Path:
@@ -46,6 +72,7 @@ def check_tasks_folder(path: Path) -> Path:
         raise InvalidTasksFolderError(
             f"{path} has no main.py{hint}; main.py declares the @mn.function() functions.", path=str(path)
         )
+    tasks_files(folder, shown_as=path)  # refuses links out of the folder, link loops and special files
     return folder
 
 
@@ -77,34 +104,48 @@ def check_env_file(folder: Path, shown: Path) -> None:
             )
 
 
-def inspect_version(built: BuiltVersion, shown: Path) -> dict[str, FunctionRecord]:
+def inspect_version(
+    built: BuiltVersion, shown: Path, cancelled: threading.Event | None = None
+) -> dict[str, FunctionRecord]:
     """Import main.py in the version's own environment and read back its functions.
 
-    ``shown`` is the tasks folder as the user named it, for the errors.
+    ``shown`` is the tasks folder as the user named it, for the errors. The import runs in a session of
+    its own, its output goes to files (a helper that inherits them cannot hold registration up), and
+    every process it leaves running is killed and refuses the version.
     """
     main_py = shown / "main.py"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "functions.json"
+        tag = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        try:
-            done = subprocess.run(
+        env[IMPORT_CHECK_TAG] = tag
+        with open(Path(tmp) / "stdout", "w+") as stdout, open(Path(tmp) / "stderr", "w+") as stderr:
+            process = subprocess.Popen(
                 [str(built.python), "-m", "multinode._runtime.inspect", str(out)],
                 cwd=built.code_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
+                stdout=stdout,
+                stderr=stderr,
                 text=True,
-                timeout=IMPORT_CHECK_TIMEOUT_SECONDS,
-                check=False,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired as exc:
+            ended = False
+            try:
+                ended = _wait_for_exit(process, IMPORT_CHECK_TIMEOUT_SECONDS, cancelled)
+            finally:
+                stragglers = _stop_import_check(process, tag, ended=ended)
+            stdout.seek(0)
+            stderr.seek(0)
+            output_text, error_text = stdout.read(), stderr.read()
+        if not ended:
             raise InvalidTasksFolderError(
                 f"Importing {main_py} took longer than {IMPORT_CHECK_TIMEOUT_SECONDS} s.", path=str(shown)
-            ) from exc
+            )
         if not out.exists():
-            output = shown_paths((done.stderr or done.stdout).strip(), built.code_dir, shown)
+            output = shown_paths((error_text or output_text).strip(), built.code_dir, shown)
             raise InvalidTasksFolderError(
-                f"Importing {main_py} stopped the interpreter (exit code {done.returncode}).",
+                f"Importing {main_py} stopped the interpreter (exit code {process.returncode}).",
                 path=str(shown),
                 file=str(main_py),
                 details=output or None,
@@ -112,6 +153,9 @@ def inspect_version(built: BuiltVersion, shown: Path) -> dict[str, FunctionRecor
         report = json.loads(out.read_text())
     if "error" in report:
         raise import_error(report["error"], built.code_dir, shown)
+    leftover = {item["pid"]: item["command"] for item in [*report.get("leftover", []), *stragglers]}
+    if leftover:
+        raise leftover_error(leftover, built.code_dir, shown)
     functions = {
         item["name"]: FunctionRecord(
             name=item["name"],
@@ -128,6 +172,100 @@ def inspect_version(built: BuiltVersion, shown: Path) -> dict[str, FunctionRecor
             file=str(main_py),
         )
     return functions
+
+
+def _wait_for_exit(process: subprocess.Popen[str], timeout: float, cancelled: threading.Event | None) -> bool:
+    """Whether ``process`` ended within ``timeout``. It is not reaped: while it is a zombie its pid, the id of
+    its process group, cannot name another group."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        if hasattr(os, "waitid"):
+            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        elif process.poll() is not None:
+            return True
+        if cancelled is not None and cancelled.is_set():
+            raise BuildCancelled()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _stop_import_check(process: subprocess.Popen[str], tag: str, *, ended: bool) -> list[dict[str, Any]]:
+    """Kill the import check and whatever it left (below it, in its process group, or carrying its tag in
+    the environment: a helper that left the session after the check ended); return those still running."""
+    from multinode._runtime.inspect import process_command
+
+    def look() -> list[int]:
+        found = {*descendants(process.pid), *_tagged(tag)}
+        try:
+            found.update(group_members(process.pid))
+        except OSError:
+            pass  # no /proc
+        return sorted(found - {process.pid, os.getpid()})
+
+    running = {pid: command for pid in look() if (command := process_command(pid)) is not None}
+    if not ended:
+        kill_tree(process.pid, KILL_TIMEOUT_SECONDS)  # a check that timed out, or was interrupted
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + KILL_TIMEOUT_SECONDS
+    while (left := [pid for pid in look() if process_command(pid) is not None]) and time.monotonic() < deadline:
+        for pid in left:
+            running.setdefault(pid, process_command(pid) or "")
+            send_signal(pid, signal.SIGKILL)
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    own = " ".join(str(arg) for arg in process.args) if isinstance(process.args, list) else ""
+    return [
+        {"pid": pid, "command": command if command != own else "a fork of the import"}
+        for pid, command in running.items()
+    ]
+
+
+def _tagged(tag: str) -> list[int]:
+    """Processes of this user whose environment carries the import check's tag."""
+    marker = f"{IMPORT_CHECK_TAG}={tag}".encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def leftover_error(leftover: dict[int, str], code_dir: Path, shown: Path) -> InvalidTasksFolderError:
+    """The error for processes main.py started at import that still ran after it (they were killed)."""
+    main_py = shown / "main.py"
+    named = []
+    for pid, command in sorted(leftover.items())[:3]:
+        command = " ".join(shown_paths(command, code_dir, shown).split())
+        command = command if len(command) <= 60 else command[:57] + "..."
+        named.append(f"pid {pid}: `{command}`")
+    if len(leftover) > 3:
+        named.append(f"{len(leftover) - 3} more")
+    what = "a process" if len(leftover) == 1 else "processes"
+    verb = "was" if len(leftover) == 1 else "were"
+    return InvalidTasksFolderError(
+        f"{main_py} started {what} at import ({', '.join(named)}) that {verb} still running after the import "
+        "(now killed); start helpers inside the function, not at import: they would run in every container.",
+        path=str(shown),
+        file=str(main_py),
+    )
 
 
 def import_error(error: dict[str, Any], code_dir: Path, shown: Path) -> InvalidTasksFolderError:
@@ -201,23 +339,81 @@ async def register_async(
     client = await get_client(settings)
     await check_control_plane(client, settings)
     store = LocalVersionStore(settings.home)
+    cancelled = threading.Event()  # set when the registration is interrupted: the threads stop early
+    built: BuiltVersion | None = None
     try:
-        built = await asyncio.to_thread(store.build, folder, shown_as=path)
-        functions = await asyncio.to_thread(inspect_version, built, path)
-    except InvalidTasksFolderError as exc:
-        if exc.details:
+        built = await _in_thread(
+            cancelled, partial(store.build, folder, shown_as=path, cancelled=cancelled), undo=store.discard
+        )
+        functions = await _in_thread(cancelled, partial(inspect_version, built, path, cancelled))
+        check_registered_names(project_name, functions, path)
+        artifact = dict(built.artifact)
+        if backend == "fargate":
+            artifact["image"] = (
+                image if image is not None else await _in_thread(cancelled, partial(_build_image, folder, project_name))
+            )
+        registration = VersionRegistration(
+            code_digest=built.code_digest, provisioner=backend, artifact=artifact, functions=functions
+        )
+    except BaseException as exc:
+        if built is not None:
+            store.discard(built)  # nothing of a failed registration stays behind
+        if isinstance(exc, InvalidTasksFolderError) and exc.details:
             try:
                 exc.log_path = str(write_log(settings.home, folder, exc))
             except OSError:
                 pass  # the error itself matters more than its log
         raise
-    artifact = dict(built.artifact)
-    if backend == "fargate":
-        artifact["image"] = image if image is not None else await asyncio.to_thread(_build_image, folder, project_name)
-    registration = VersionRegistration(
-        code_digest=built.code_digest, provisioner=backend, artifact=artifact, functions=functions
+    return await _record(client, settings, project_name, registration, store, built)
+
+
+async def _in_thread(
+    cancelled: threading.Event, call: Callable[[], T], *, undo: Callable[[T], None] | None = None
+) -> T:
+    """``call()`` in a thread. If the registration is interrupted meanwhile, set ``cancelled`` and wait for
+    the thread to stop (it removes what it made), then undo what it returned if it finished anyway."""
+    future = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancelled.set()
+        await asyncio.wait([future])
+        finished = not future.cancelled() and future.exception() is None  # retrieved: BuildCancelled, say
+        if undo is not None and finished:
+            undo(future.result())
+        raise
+
+
+async def _record(
+    client: Any,
+    settings: MultinodeSettings,
+    project_name: str,
+    registration: VersionRegistration,
+    store: LocalVersionStore,
+    built: BuiltVersion,
+) -> VersionRecord:
+    """Record the version; its stored copy and environment stay unless the registry surely refused it.
+
+    An interruption waits for the registry's answer (at most the worker wait): a version recorded
+    without its code would fail every invocation."""
+    recording = asyncio.ensure_future(register_version(client, settings, project_name, registration))
+    interrupted: BaseException | None = None
+    while not recording.done():
+        try:
+            await asyncio.wait([recording])
+        except asyncio.CancelledError as exc:
+            interrupted = exc
+    failure = None if recording.cancelled() else recording.exception()
+    refused = isinstance(failure, ValidationError) or (
+        isinstance(failure, MultinodeError) and isinstance(failure.__cause__, WorkflowUpdateFailedError)
     )
-    return await register_version(client, settings, project_name, registration)
+    if refused:
+        store.discard(built)
+    else:
+        store.keep(built)  # recorded, or perhaps recorded (a timeout): keep what it may run
+    if interrupted is not None:
+        raise interrupted
+    return recording.result()
 
 
 def _build_image(folder: Path, project_name: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import asdict
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -13,7 +12,9 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFai
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
+from multinode import _limits
 from multinode._client import is_not_found
+from multinode._listing import quote_query_value
 from multinode._protocol import (
     DELETE_UPDATE,
     PROJECT_WORKFLOW,
@@ -30,20 +31,13 @@ from multinode.errors import (
     ControlPlaneUnavailableError,
     MultinodeError,
     ProjectNotFoundError,
-    ValidationError,
     VersionNotFoundError,
 )
 
-_PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
 
 def check_project_name(name: str) -> str:
-    if not isinstance(name, str) or not _PROJECT_NAME.match(name):
-        raise ValidationError(
-            f"Project name {name!r} is not valid: use 1-100 letters, digits, '-', '_' or '.', starting with a "
-            "letter or digit."
-        )
-    return name
+    """``name`` if it is a valid project name (the rules and limits live in ``multinode._limits``)."""
+    return _limits.check_project_name(name)
 
 
 async def read_project(client: Client, project_name: str) -> ProjectState:
@@ -73,10 +67,32 @@ async def resolve_version(client: Client, project_name: str, version_id: str | N
     raise VersionNotFoundError(project_name, version_id)
 
 
+LIST_DESCRIBE_CONCURRENCY = 20
+"""Projects described at once by ``list_projects``."""
+
+
 async def list_projects(client: Client) -> list[str]:
-    query = f"WorkflowType = '{PROJECT_WORKFLOW}' AND ExecutionStatus = 'Running'"
-    names = [wf.id.removeprefix(PROJECT_WORKFLOW_ID_PREFIX) async for wf in client.list_workflows(query)]
-    return sorted(set(names))
+    query = f"WorkflowType = {quote_query_value(PROJECT_WORKFLOW)} AND ExecutionStatus = {quote_query_value('Running')}"
+    names = {wf.id.removeprefix(PROJECT_WORKFLOW_ID_PREFIX) async for wf in client.list_workflows(query)}
+    # A deleted project's workflow keeps running, as a tombstone that keeps its version numbering. The
+    # list's memos lag behind (visibility is updated asynchronously), so each project's is described.
+    limit = asyncio.Semaphore(LIST_DESCRIBE_CONCURRENCY)
+
+    async def registered(name: str) -> bool:
+        async with limit:
+            try:
+                description = await client.get_workflow_handle(project_workflow_id(name)).describe()
+            except RPCError as exc:
+                if is_not_found(exc):
+                    return False
+                raise
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return False
+        state = await description.memo_value(REGISTRY_MEMO_KEY, None, type_hint=ProjectState)
+        return state is not None and not state.deleted and bool(state.versions)
+
+    shown = await asyncio.gather(*(registered(name) for name in sorted(names)))
+    return [name for name, keep in zip(sorted(names), shown, strict=True) if keep]
 
 
 async def check_control_plane(client: Client, settings: MultinodeSettings) -> None:
@@ -98,7 +114,7 @@ async def register_version(
     client: Client, settings: MultinodeSettings, project_name: str, registration: VersionRegistration
 ) -> VersionRecord:
     check_project_name(project_name)
-    initial = ProjectState(project_name=project_name)
+    initial = await _initial_state(client, project_name)
     handle = await client.start_workflow(
         PROJECT_WORKFLOW,
         initial,
@@ -116,6 +132,22 @@ async def register_version(
         raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds) from exc
     except WorkflowUpdateFailedError as exc:
         raise MultinodeError(f"Registering project {project_name!r} failed: {exc.cause}") from exc
+
+
+async def _initial_state(client: Client, project_name: str) -> ProjectState:
+    """The state a new registry workflow starts with: numbering continues after a closed run (a project
+    deleted before deletions left a running tombstone), so that no version id is ever reused."""
+    try:
+        description = await client.get_workflow_handle(project_workflow_id(project_name)).describe()
+    except RPCError as exc:
+        if is_not_found(exc):
+            return ProjectState(project_name=project_name)
+        raise
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        return ProjectState(project_name=project_name)  # the running workflow is used as it is
+    closed = await description.memo_value(REGISTRY_MEMO_KEY, None, type_hint=ProjectState)
+    number = closed.next_version_number if closed is not None else 1
+    return ProjectState(project_name=project_name, next_version_number=number)
 
 
 async def delete_project(client: Client, settings: MultinodeSettings, project_name: str) -> None:

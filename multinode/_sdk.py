@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import os
@@ -19,6 +20,7 @@ from multinode._config import (
     build_function_config,
 )
 from multinode._handle import DeployedFunction
+from multinode._limits import check_function_name
 from multinode._protocol import ENV_PROJECT, ENV_VERSION, Parameter
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList
@@ -142,19 +144,40 @@ class Multinode:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         timeout: timedelta = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        **unknown: Any,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare an asynchronous task; every option is checked here, at decoration time."""
+        if unknown:
+            options = ("cpu", "memory", "max_concurrency", "timeout", "max_retries")
+            name = next(iter(unknown))
+            close = difflib.get_close_matches(name, options, n=1)
+            raise ValidationError(
+                f"@mn.function has no option {name!r}.{f' Did you mean {close[0]}?' if close else ''} "
+                f"Its options are {', '.join(options)}."
+            )
         if _fn is not None:
             raise ValidationError(
                 "@mn.function takes keyword options only. Did you forget parentheses? Write @mn.function()."
             )
 
         def decorate(fn: Callable[..., Any]) -> Function:
-            if not callable(fn) or inspect.isclass(fn):
-                raise ValidationError(f"@mn.function() decorates functions, not {fn!r}.")
-            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            if isinstance(fn, (staticmethod, classmethod)):
+                inner = fn.__func__
                 raise ValidationError(
-                    f"{fn.__name__} is async; Multinode functions are plain (sync) functions or generators."
+                    f"@mn.function cannot decorate a {type(fn).__name__} ({inner.__qualname__}): a Multinode "
+                    f"function is a plain function. Define it with `def {inner.__name__}(...)` at the top level "
+                    "of main.py, outside any class."
+                )
+            if not callable(fn) or inspect.isclass(fn) or not isinstance(getattr(fn, "__name__", None), str):
+                raise ValidationError(
+                    f"@mn.function() decorates functions defined with `def name(...)` at the top level of main.py, "
+                    f"not {fn!r}."
+                )
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                kind = "an async generator" if inspect.isasyncgenfunction(fn) else "async"
+                raise ValidationError(
+                    f"{fn.__name__} is {kind}; Multinode functions are plain (sync) functions or generators: "
+                    f"define it with `def {fn.__name__}(...)` and run async code inside it with asyncio.run(...)."
                 )
             config = build_function_config(
                 cpu=cpu,
@@ -164,6 +187,8 @@ class Multinode:
                 max_retries=max_retries,
                 is_generator=inspect.isgeneratorfunction(fn),
             )
+            _check_definition(fn)
+            check_function_name(fn.__name__)
             if fn.__name__ in self.functions:
                 raise ValidationError(f"Two functions are named {fn.__name__!r}; function names must be unique.")
             function = Function(fn, config, self)
@@ -171,6 +196,32 @@ class Multinode:
             return function
 
         return decorate
+
+
+def _check_definition(fn: Callable[..., Any]) -> None:
+    """Refuse what registration and containers cannot find by importing main.py: a lambda (its name is
+    ``<lambda>``), a method (its ``self`` would become an argument) and a function defined inside another
+    function (declared only when that function runs)."""
+    name: str = fn.__name__
+    qualname: str = getattr(fn, "__qualname__", name)
+    if name == "<lambda>":
+        raise ValidationError(
+            "@mn.function cannot decorate a lambda: a function is registered and invoked by its name. Define it "
+            "with `def name(...)` at the top level of main.py."
+        )
+    enclosing, _, local_path = qualname.rpartition("<locals>.")
+    if "." in local_path or (not enclosing and qualname != name):
+        owner = local_path.rpartition(".")[0]
+        raise ValidationError(
+            f"@mn.function cannot decorate {qualname}, a method of class {owner}: `self` would become an "
+            f"argument. Define it with `def {name}(...)` at the top level of main.py, outside any class."
+        )
+    if enclosing:
+        raise ValidationError(
+            f"@mn.function cannot decorate {qualname}, a function defined inside {enclosing.rstrip('.')}(): "
+            f"registration and containers find functions by importing main.py. Define it with `def {name}(...)` "
+            "at the top level of main.py (a decorator's wrapper: decorate it with @functools.wraps(fn))."
+        )
 
 
 def declared_functions() -> dict[str, Function]:
@@ -193,6 +244,7 @@ def get_deployed_function(
 ) -> DeployedFunction:
     """A handle on a registered function (the latest version unless ``version_id`` is given).
 
-    Nothing is contacted until a method is called, so this never fails on its own.
+    Nothing is contacted until a method is called; only a malformed or too long name fails here
+    (``ValidationError``, see ``multinode._limits``).
     """
     return DeployedFunction(project_name, function_name, version_id, settings=settings)

@@ -24,6 +24,7 @@ from jsonpickle.errors import ClassNotFoundError
 from jsonpickle.unpickler import Unpickler, loadclass
 
 from multinode import _serialization_ext
+from multinode._transferable import check_transferable
 from multinode.errors import PayloadError
 
 MAX_PAYLOAD_CHARS = 250_000
@@ -83,6 +84,9 @@ def encode_arguments(args: Sequence[Any], kwargs: Mapping[str, Any], positional:
     """
     labelled = [(argument_label(i, positional), v) for i, v in enumerate(args)]
     labelled += [(argument_label(k, positional), v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        # Before jsonpickle, which would drain a generator (or spin on an endless one) and send locks.
+        check_transferable(value, what=label[:1].upper() + label[1:])
     total = sum(len(encode(value, what=label[:1].upper() + label[1:])) for label, value in labelled)
     if total > MAX_ARGUMENTS_CHARS:
         raise PayloadError(
@@ -233,12 +237,18 @@ def _importable(module: str) -> bool:
         return True  # a module that exists but fails to import, or an odd name: not "missing"
 
 
-def _first_lost(original: Any, decoded: Any, depth: int = 0) -> Any:
+def _first_lost(original: Any, decoded: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     """A value that jsonpickle silently turned into None (it does so for lambdas, open files...)."""
     if depth > 20:
         return None
     if decoded is None:
         return original
+    # Rebuilt as the very same object (a logger by name), or compared already: an object graph with
+    # cycles and many branches (a logger's manager) would otherwise take exponential time.
+    seen = set() if seen is None else seen
+    if decoded is original or id(original) in seen:
+        return None
+    seen.add(id(original))
     if isinstance(original, (list, tuple)) and isinstance(decoded, (list, tuple)):
         pairs = list(zip(original, decoded, strict=False))
     elif isinstance(original, dict) and isinstance(decoded, dict):
@@ -253,7 +263,7 @@ def _first_lost(original: Any, decoded: Any, depth: int = 0) -> Any:
     else:
         return None
     for left, right in pairs:
-        if left is not None and (lost := _first_lost(left, right, depth + 1)) is not None:
+        if left is not None and (lost := _first_lost(left, right, depth + 1, seen)) is not None:
             return lost
     return None
 

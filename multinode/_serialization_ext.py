@@ -36,6 +36,20 @@ READABLE_SIZE = 16
 """Arrays of at most this many numbers are sent as readable lists; larger ones as compressed bytes."""
 
 
+class BytearrayHandler(BaseHandler):
+    """jsonpickle has none: without it a ``bytearray`` arrives empty."""
+
+    def flatten(self, obj: Any, data: dict[str, Any]) -> dict[str, Any]:
+        data["b64"] = _b64(bytes(obj))
+        return data
+
+    def restore(self, data: dict[str, Any]) -> Any:
+        return bytearray(_unb64(data["b64"]))
+
+
+register(bytearray, BytearrayHandler)
+
+
 def activate(text: str | None = None) -> None:
     """Register the handlers of each library that is imported, or that ``text`` (a payload) names."""
     wanted = {name for name in LIBRARIES if name in sys.modules}

@@ -94,7 +94,8 @@ CASES = {
     ),
     "async function": Case(
         {"main.py": HEAD + "\n@mn.function()\nasync def f():\n    return 1\n"},
-        "tasks/main.py:5: f is async; Multinode functions are plain (sync) functions or generators.",
+        "tasks/main.py:5: f is async; Multinode functions are plain (sync) functions or generators: define it "
+        "with `def f(...)` and run async code inside it with asyncio.run(...).",
         "tasks/main.py",
         5,
         'File "tasks/main.py", line 5, in <module>',

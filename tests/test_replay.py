@@ -32,3 +32,5 @@ def test_there_are_histories() -> None:
     assert stems >= {"pre_lean_invocation_retried_with_progress", "pre_lean_invocation_cancelled"}
     # Quotas recorded before grants went out together (patch "multinode-quota-grants-together").
     assert stems >= {"pre_grants_together_quota", "pre_grants_together_quota_arrival_order"}
+    # Projects deleted before deletion left a tombstone (patch "multinode-project-tombstone"), and after.
+    assert stems >= {"pre_tombstone_project_deleted", "project_deleted_then_registered"}

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multinode import get_deployed_function
+from multinode import _serialization, get_deployed_function
 from multinode._serialization import (
     MAX_ARGUMENTS_CHARS,
     MAX_PAYLOAD_CHARS,
@@ -379,3 +379,8 @@ def test_argument_size_limits_end_to_end(register, project_name: str) -> None:
         fn.start(pickled(MAX_PAYLOAD_CHARS + 1))
     with pytest.raises(PayloadError, match=r"^Keyword argument `b` takes 250,001 characters"):
         fn.start("a", b=pickled(MAX_PAYLOAD_CHARS + 1))
+
+
+def test_a_bytearray_arrives_whole() -> None:
+    value = {"data": bytearray(b"\x00multinode\xff" * 100)}
+    assert _serialization.decode(_serialization.encode(value, what="x")) == value

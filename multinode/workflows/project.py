@@ -3,6 +3,11 @@
 It numbers versions (``v1``, ``v2``, ...) and keeps every version's function configs. The whole state
 is also in the workflow's memo so that ``.start`` can resolve a version with a plain describe call,
 which needs no worker: an invocation started while the control plane is down is still recorded.
+
+Deleting a project keeps its workflow running as a tombstone (``deleted``, invisible to readers) so that
+the numbering survives: registering the name again continues at the next number, and an application
+pinned to an old ``v1`` gets "not found" instead of new code. (A closed workflow would not do: Temporal
+forgets it after the namespace's retention period.)
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
 
 HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW = 1_000
 """The registry restarts itself with its state once its history is this long (memo upserts add up)."""
+TOMBSTONE_PATCH = "multinode-project-tombstone"
+"""From this patch on, a deleted project's workflow keeps running (before it, the run ended at deletion)."""
 
 
 @workflow.defn(name=PROJECT_WORKFLOW)
@@ -32,20 +39,26 @@ class ProjectWorkflow:
     @workflow.init
     def __init__(self, state: ProjectState) -> None:
         self._state = state
+        # True once this run keeps going after a deletion (TOMBSTONE_PATCH); a tombstone's next run starts so.
+        self._tombstone = state.deleted
 
     @workflow.run
     async def run(self, state: ProjectState) -> ProjectState:
-        await workflow.wait_condition(
-            lambda: (
-                self._state.deleted
-                or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW
-                or workflow.info().is_continue_as_new_suggested()
+        while True:
+            await workflow.wait_condition(
+                lambda: (
+                    (self._state.deleted and not self._tombstone)
+                    or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE_AS_NEW
+                    or workflow.info().is_continue_as_new_suggested()
+                )
             )
-        )
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._state.deleted:
-            return self._state
-        workflow.continue_as_new(self._state, memo={REGISTRY_MEMO_KEY: asdict(self._state)})
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._state.deleted and not self._tombstone:
+                if not workflow.patched(TOMBSTONE_PATCH):
+                    return self._state  # a run recorded before the patch ended at deletion
+                self._tombstone = True
+                continue
+            workflow.continue_as_new(self._state, memo={REGISTRY_MEMO_KEY: asdict(self._state)})
 
     @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> ProjectState:
@@ -53,6 +66,10 @@ class ProjectWorkflow:
 
     @workflow.update(name=REGISTER_UPDATE)
     def register_version(self, registration: VersionRegistration) -> VersionRecord:
+        if self._state.deleted:
+            # Registering a deleted project's name again: a new project whose numbering continues.
+            self._state.deleted = False
+            self._state.versions = []
         record = VersionRecord(
             version_id=f"v{self._state.next_version_number}",
             created_at=workflow.now().isoformat(),
@@ -68,7 +85,7 @@ class ProjectWorkflow:
 
     @register_version.validator
     def _validate_registration(self, registration: VersionRegistration) -> None:
-        if self._state.deleted:
+        if self._state.deleted and not self._tombstone:
             raise ValueError(f"project {self._state.project_name!r} is being deleted")
         if not registration.functions:
             raise ValueError("a version needs at least one function")

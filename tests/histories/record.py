@@ -107,3 +107,15 @@ def test_record_arrival_order(register, project_name: str, settings: MultinodeSe
         (f"multinode-quota:{project_name}:one_at_a_time", "quota_arrival_order"),
     ]:
         asyncio.run(_save(settings, workflow_id, name))
+
+
+def test_record_deleted_then_registered(register, project_name: str, settings: MultinodeSettings) -> None:
+    """The registry of a project deleted, then registered again: its run keeps going (patch
+    ``multinode-project-tombstone``) and numbering continues. ``pre_tombstone_project_deleted`` is the
+    same scenario recorded before the patch, when the run ended at deletion (its first run only)."""
+    from multinode._admin import delete_project_and_invocations
+
+    assert register({"main.py": QUEUED}).version_id == "v1"
+    asyncio.run(delete_project_and_invocations(settings, project_name))
+    assert register({"main.py": QUEUED}).version_id == "v2"
+    asyncio.run(_save(settings, f"multinode-project:{project_name}", "project_deleted_then_registered"))
