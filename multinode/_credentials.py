@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import sys
 from collections.abc import Mapping
 
 from multinode._settings import DEFAULT_TEMPORAL_ADDRESS, ENV_TEMPORAL_PROFILE, MultinodeSettings
@@ -14,12 +15,24 @@ _PR_SET_DUMPABLE = 4
 
 
 def make_undumpable() -> None:
-    """Other processes of the same user (user code's) cannot read this one's memory or environment
-    through /proc or ptrace, unless they hold CAP_SYS_PTRACE (root outside a container does)."""
+    """Other processes of the same user (user code's) cannot read this one's memory, environment or
+    descriptors through /proc or ptrace, unless they hold CAP_SYS_PTRACE (root outside a container
+    does). Children inherit it until they exec."""
+    _set_dumpable(0)
+
+
+def make_dumpable() -> None:
+    """Undo ``make_undumpable`` in a forked child that holds nothing secret."""
+    _set_dumpable(1)
+
+
+def _set_dumpable(value: int) -> None:
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        failed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, value, 0, 0, 0) != 0
     except (OSError, AttributeError):
-        pass
+        failed = True
+    if failed:
+        print(f"[multinode] warning: could not set PR_SET_DUMPABLE to {value}", file=sys.stderr)
 
 
 def credential_free_env(environ: Mapping[str, str]) -> dict[str, str]:

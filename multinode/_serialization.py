@@ -24,6 +24,7 @@ from jsonpickle.errors import ClassNotFoundError
 from jsonpickle.unpickler import Unpickler, loadclass
 
 from multinode import _serialization_ext
+from multinode._payload_safety import constructor_allowed, function_allowed
 from multinode._transferable import check_transferable
 from multinode.errors import PayloadError
 
@@ -136,6 +137,10 @@ class _Unrebuildable(Exception):
         super().__init__(f"it holds {type_name}, {reason}{_installed(type_name)}. {advice}")
 
 
+_CALL_REFUSED = "which a payload may not make its reader call (it could run any code there)"
+_CALL_ADVICE = "Pass data (or a function's name as a string), not functions or objects that rebuild by calling them."
+
+
 class _StrictUnpickler(Unpickler):  # type: ignore[misc]
     def _restore(self, obj: Any, *rest: Any) -> Any:
         try:
@@ -145,6 +150,9 @@ class _StrictUnpickler(Unpickler):  # type: ignore[misc]
 
     def _restore_object(self, obj: dict[str, Any]) -> Any:
         path = obj[tags.OBJECT]
+        found = loadclass(path, classes=self._classes) if isinstance(path, str) else None
+        if found is not None and not isinstance(found, type):  # jsonpickle would call it ("old-style class")
+            raise _Unrebuildable(f"a call of {path}", _CALL_REFUSED, _CALL_ADVICE)
         try:
             return super()._restore_object(obj)
         except _Unrebuildable:
@@ -168,6 +176,15 @@ class _StrictUnpickler(Unpickler):  # type: ignore[misc]
         # Checked first so that the error names what the function builds (py/reduce's arguments).
         if isinstance(function, str) and loadclass(function, classes=self._classes) is None:
             raise _Unrebuildable(_describe(obj), "which this program does not define")
+        kind = maker.get(tags.TYPE) if isinstance(maker, dict) else None
+        if isinstance(function, str):
+            allowed = function_allowed(function)
+        elif isinstance(kind, str):
+            allowed = constructor_allowed(loadclass(kind, classes=self._classes))
+        else:
+            allowed = False
+        if not allowed:
+            raise _Unrebuildable(f"a call of {function or kind or 'a value'}", _CALL_REFUSED, _CALL_ADVICE)
         try:
             return super()._restore_reduce(obj)
         except _Unrebuildable:
@@ -179,6 +196,8 @@ class _StrictUnpickler(Unpickler):  # type: ignore[misc]
         found = super()._restore_function(obj)
         if found is None:
             raise _Unrebuildable(f"a reference to {obj[tags.FUNCTION]}", "which this program does not define")
+        if not function_allowed(str(obj[tags.FUNCTION])):
+            raise _Unrebuildable(f"the function {obj[tags.FUNCTION]}", _CALL_REFUSED, _CALL_ADVICE)
         return found
 
     def _restore_type(self, obj: dict[str, Any]) -> Any:

@@ -837,6 +837,15 @@ def waits_for_cancel():
         print("Invocation is cancelled - gracefully terminating", flush=True)
         raise
 
+@mn.function()
+def reports_environment():
+    import json
+    return {
+        "temporal_env": sorted(k for k in os.environ if k.startswith("TEMPORAL_")),
+        "profile": json.loads(os.environ["MULTINODE_TEMPORAL_PROFILE_JSON"]),
+        "child": add.call_remote(1, 2),  # through the container's agent
+    }
+
 @mn.function(max_retries=1)
 def dies_once(counter):
     path = Path(counter)
@@ -929,6 +938,16 @@ def test_fargate_invocation_cancel_raises_in_user_code(fargate_stack, project_na
 
 
 @moto_only
+def test_fargate_user_code_holds_no_credential_and_nests_through_its_agent(
+    fargate_stack, project_name: str, settings: MultinodeSettings
+) -> None:
+    fargate_stack({"main.py": E2E_TASKS})
+    report = get_deployed_function(project_name, "reports_environment").call_remote()
+    assert report["child"] == 3
+    assert report["temporal_env"] == []
+    assert report["profile"] == {"address": settings.temporal_address, "namespace": settings.temporal_namespace}
+
+
 def test_fargate_invocation_is_retried_after_its_task_dies(fargate_stack, project_name: str, tmp_path: Path) -> None:
     fargate_stack({"main.py": E2E_TASKS})
     fn = get_deployed_function(project_name, "dies_once")

@@ -9,12 +9,16 @@ Temporal client its SDK uses. Only its own children may be touched.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode._runtime.gate import _balanced
+from multinode._runtime.gate import contained
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError
 from tests.helpers import assert_eventually, write_tasks
@@ -41,7 +45,7 @@ import time
 
 from multinode import Multinode, get_deployed_function
 from multinode._client import get_client
-from multinode._runtime.gate import _balanced
+from multinode._runtime.gate import contained
 from multinode._settings import MultinodeSettings
 
 mn = Multinode()
@@ -121,6 +125,7 @@ def test_a_function_holds_no_credential_and_touches_only_what_it_owns(
     user_pid = int(assert_eventually(lambda: pid_file.exists() and pid_file.read_text(), timeout=120))
     in_memory = _search_memory(user_pid, needles)
     ancestors = {_comm(pid): _search_environ(pid, needles) for pid in _container_ancestors(user_pid)}
+    reachable = _read_as_same_user(_container_ancestors(user_pid))
     go_file.touch()
     report = probe.await_result(invocation_id, timeout=120)
 
@@ -132,6 +137,10 @@ def test_a_function_holds_no_credential_and_touches_only_what_it_owns(
     assert not [fd for fd in report["fds"] if "credentials" in fd or "pki" in fd], report["fds"]
     assert set(ancestors) == {"mn-agent", "mn-supervisor", "mn-template"}, ancestors
     assert all(hits == [] for hits in ancestors.values()), ancestors
+    # A process of the same user without CAP_SYS_PTRACE (user code, unless it runs as root outside a
+    # container) can read neither the agent's nor the template's memory or descriptors (the template
+    # holds the credentials' memfd).
+    assert reachable == {}, reachable
 
     # It could neither cancel, signal, terminate nor read another project's invocation ...
     for what, outcome in report["victim"].items():
@@ -170,6 +179,39 @@ def _container_ancestors(pid: int) -> list[int]:
         if pid <= 1 or not _comm(pid).startswith("mn-"):
             return chain
         chain.append(pid)
+
+
+READER = r"""
+import json, os, sys
+found = {}
+for pid in json.loads(sys.argv[1]):
+    comm = open(f"/proc/{pid}/comm").read().strip()
+    if comm not in ("mn-agent", "mn-template"):
+        continue
+    for what in ("mem", "fd"):  # (their environments are readable, and hold no credential: checked above)
+        try:
+            if what == "fd":
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    open(f"/proc/{pid}/fd/{fd}", "rb").read(16)
+            else:
+                open(f"/proc/{pid}/{what}", "rb").read(16)
+        except PermissionError:
+            continue
+        except OSError:
+            continue  # a descriptor that cannot be opened this way (a socket, a pipe end)
+        found[f"{comm}/{what}"] = "readable"
+print(json.dumps(found))
+"""
+
+
+def _read_as_same_user(pids: list[int]) -> dict[str, str]:
+    """What a process of this user, without CAP_SYS_PTRACE, can read of ``pids``' /proc entries."""
+    drop = ["setpriv", "--bounding-set", "-sys_ptrace", "--inh-caps", "-all"] if os.geteuid() == 0 else []
+    done = subprocess.run(
+        [*drop, sys.executable, "-c", READER, json.dumps(pids)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def _search_environ(pid: int, needles: list[str]) -> list[str]:
@@ -261,7 +303,11 @@ def test_a_container_profile_must_exist_and_keep_the_namespace(tmp_path: Path) -
         ("x = 'a')", False),
         ("(x = 'a'", False),
         ("x = 'unterminated", False),
+        ("WorkflowType='a' /* ( */ ) OR ( WorkflowType='x' /* ) */", False),
+        ("WorkflowType='a' -- )", False),
+        ("WorkflowType='a'; DELETE", False),
+        ("StartTime < '2026-12-05T10:00:00Z' AND MultinodeProject = 'p-1'", True),
     ],
 )
 def test_a_query_inside_a_function_cannot_reach_outside_its_parentheses(query: str, balanced: bool) -> None:
-    assert _balanced(query) is balanced
+    assert contained(query) is balanced

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jsonpickle
@@ -384,3 +385,25 @@ def test_argument_size_limits_end_to_end(register, project_name: str) -> None:
 def test_a_bytearray_arrives_whole() -> None:
     value = {"data": bytearray(b"\x00multinode\xff" * 100)}
     assert _serialization.decode(_serialization.encode(value, what="x")) == value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"py/reduce": [{"py/function": "os.system"}, {"py/tuple": ["touch MARKER"]}]}',
+        '{"py/object": "os.system", "py/initargs": {"py/tuple": ["touch MARKER"]}}',
+        '{"py/reduce": [{"py/type": "subprocess.Popen"}, {"py/tuple": [["touch", "MARKER"]]}]}',
+        '{"py/function": "os.system"}',
+        '{"py/repr": "os/os.system(\'touch MARKER\')"}',
+    ],
+)
+def test_a_payload_cannot_make_its_reader_run_code(payload: str, tmp_path: Path, monkeypatch) -> None:
+    """A function's result is read by the application: it must not be able to run code there."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        value = _serialization.decode(payload)
+    except PayloadError as exc:
+        assert "may not make its reader call" in str(exc) or "cannot be rebuilt" in str(exc)
+    else:
+        assert not callable(value), value
+    assert not (tmp_path / "MARKER").exists()

@@ -14,6 +14,7 @@ import asyncio
 import json
 import math
 import os
+import queue
 import signal
 import socket
 import sys
@@ -32,15 +33,14 @@ from temporalio.worker import Worker
 from multinode._client import connect
 from multinode._protocol import (
     INTERRUPT_ACTIVITY,
-    PROGRESS_SIGNAL,
     RUN_FUNCTION_ACTIVITY,
     InterruptInput,
-    ProgressUpdate,
     RunInput,
     RunOutput,
 )
 from multinode._runtime.channel import Channel, ChannelClosed
 from multinode._runtime.gate import Gate
+from multinode._runtime.pacer import ProgressPacer
 from multinode._serialization import MAX_PAYLOAD_CHARS
 from multinode._settings import MultinodeSettings
 
@@ -52,12 +52,14 @@ A new yield heartbeats at once: the SDK sends a heartbeat immediately when none 
 HEARTBEAT_SEND_INTERVAL, so sparse yields reach `.get()` in milliseconds and dense ones every 0.5 s."""
 HEARTBEAT_SEND_INTERVAL = timedelta(milliseconds=500)
 """How often the SDK sends the latest heartbeat (with the latest progress) to the server."""
-MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS = 1.0
-"""Progress reaches the workflow (its ``progress`` query) at most this often."""
 IDLE_TIMEOUT_SECONDS = 600.0
 """A container that receives no execution for this long exits (its workflow has moved on)."""
 MAX_CALLS_IN_FLIGHT = 64
 """Temporal calls of the user process relayed at once; more are answered RESOURCE_EXHAUSTED at once."""
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+"""Frames waiting for the user process to read them beyond which it is killed (it stopped reading)."""
+MAX_ERROR_CHARS = 200_000
+"""Longest message or traceback reported (the user process cuts them shorter; a raw frame may not)."""
 REPORT_WAIT_SECONDS = 60.0
 """After the call, how long the agent waits for its worker to report the outcome before exiting."""
 
@@ -92,12 +94,42 @@ class UserLink:
     """Called on the agent's loop after each frame that changes the state above."""
     ended: threading.Event = field(default_factory=threading.Event)
     calls: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_CALLS_IN_FLIGHT))
+    reaped: bool = False
+    _outbox: queue.SimpleQueue[tuple[dict[str, Any], bytes]] = field(default_factory=queue.SimpleQueue)
+    _queued_bytes: int = 0
+    _queue_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, header: dict[str, Any]) -> None:
-        try:
-            self.channel.send(header)
-        except ChannelClosed:
-            pass  # the reader notices the end too, and reports it
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        """Queue a frame for the user process; never blocks (a process that stops reading is killed once
+        ``MAX_QUEUED_BYTES`` wait for it, instead of blocking the agent)."""
+        with self._queue_lock:
+            self._queued_bytes += len(body) + 256
+            over = self._queued_bytes > MAX_QUEUED_BYTES
+        if over:
+            log("the function's process stopped reading what the agent sends; killing it")
+            self.kill()
+            return
+        self._outbox.put((header, body))
+
+    def write(self) -> None:
+        """The writer thread: send queued frames until the channel ends."""
+        while True:
+            header, body = self._outbox.get()
+            try:
+                self.channel.send(header, body)
+            except ChannelClosed:
+                return  # the reader notices the end too, and reports it
+            with self._queue_lock:
+                self._queued_bytes -= len(body) + 256
+
+    def kill(self) -> None:
+        """SIGKILL the user process, unless it has been reaped already (its pid may be another's now)."""
+        with self._queue_lock:
+            if not self.reaped:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def read(self) -> None:
         """The reader thread: take the user process's frames until it ends; then record how it ended."""
@@ -131,17 +163,22 @@ class UserLink:
     def _reap(self, reason: str) -> str:
         """Wait for the process to end (killing it if it closed the channel but runs on)."""
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return exit_description(os.waitstatus_to_exitcode(status))
-            time.sleep(0.01)
+        how = f"closed its channel to the agent ({reason}) and was killed"
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        return f"closed its channel to the agent ({reason}) and was killed"
+            while time.monotonic() < deadline:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    how = exit_description(os.waitstatus_to_exitcode(status))
+                    break
+                time.sleep(0.01)
+            else:
+                self.kill()
+                os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            how = "ended"
+        with self._queue_lock:
+            self.reaped = True
+        return how
 
     def _wake(self) -> None:
         if self.loop is not None and self.waker is not None:
@@ -171,59 +208,7 @@ class UserLink:
             response = b""
         finally:
             self.calls.release()
-        try:
-            await asyncio.to_thread(self.channel.send, reply, response)
-        except ChannelClosed:
-            pass
-
-
-class _ProgressPacer:
-    """Sends the latest progress to the workflow as signals, within the execution's budget.
-
-    The gap between two signals is at least ``MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS`` and stretches
-    so that, at the current payload size, the budget lasts until the execution's deadline.
-    """
-
-    def __init__(self, client: Client, run: RunInput) -> None:
-        self._client = client
-        self._run = run
-        self._count_left = run.progress_signal_budget
-        self._bytes_left = run.progress_bytes_budget
-        self._deadline = time.monotonic() + run.timeout_seconds
-        self._next_at = 0.0
-        self._sent_version = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def offer(self, progress: str | None, version: int) -> None:
-        now = time.monotonic()
-        if progress is None or version == self._sent_version or now < self._next_at:
-            return
-        if (self._task is not None and not self._task.done()) or self._count_left <= 0:
-            return
-        size = len(progress)
-        if size > self._bytes_left:
-            return
-        try:
-            value = json.loads(progress)
-        except (ValueError, RecursionError):
-            return  # not what the SDK sends
-        self._sent_version = version
-        self._count_left -= 1
-        self._bytes_left -= size
-        left = max(self._deadline - now, 0.0)
-        self._next_at = now + max(
-            MIN_PROGRESS_SIGNAL_INTERVAL_SECONDS,
-            left / max(self._count_left, 1),
-            left * size / max(self._bytes_left, 1),
-        )
-        update = ProgressUpdate(execution_id=self._run.execution_id, value=value)
-        self._task = asyncio.create_task(self._send(update))
-
-    async def _send(self, update: ProgressUpdate) -> None:
-        try:
-            await self._client.get_workflow_handle(self._run.invocation_id).signal(PROGRESS_SIGNAL, update)
-        except Exception as exc:  # progress is best effort; the result is not
-            log(f"progress signal not sent: {exc}")
+        self.send(reply, response)
 
 
 class AgentActivities:
@@ -267,10 +252,13 @@ class AgentActivities:
         header, body = link.outcome
         error = header.get("error")
         if isinstance(error, dict):
+            kind = str(error.get("type") or "Exception")
+            if kind in ("InvocationCancelledError", "InvocationTimedOutError"):
+                kind = f"multinode.errors.{kind}"  # only the agent, which interrupted it, reports those
             raise ApplicationError(
-                str(error.get("message", "")),
-                str(error.get("traceback", "")),
-                type=str(error.get("type") or "Exception"),
+                str(error.get("message", ""))[:MAX_ERROR_CHARS],
+                str(error.get("traceback", ""))[-MAX_ERROR_CHARS:],
+                type=kind[:200],
                 non_retryable=True,
             )
         if len(body) > MAX_PAYLOAD_CHARS:
@@ -301,7 +289,7 @@ class AgentActivities:
         link.send({"op": "run", "input": asdict(run)})
         timers = [loop.call_later(run.timeout_seconds, self._interrupt, "timed_out")]
         grace_over = asyncio.Event()
-        pacer = _ProgressPacer(self.client, run)
+        pacer = ProgressPacer(self.client, run)
         beat_at, beat_version = -math.inf, -1
         try:
             while not done() and not grace_over.is_set():
@@ -403,6 +391,7 @@ def start_agent(task_queue: str, settings: MultinodeSettings, user_pid: int, soc
     agent.thread = threading.Thread(target=serve, name="multinode-worker", daemon=True)
     agent.thread.start()
     threading.Thread(target=link.read, name="multinode-user", daemon=True).start()
+    threading.Thread(target=link.write, name="multinode-user-writer", daemon=True).start()
     return agent
 
 
@@ -418,10 +407,7 @@ def run_agent(agent: Agent) -> NoReturn:
     if agent.failure:
         log(f"the container's worker failed: {agent.failure[0]}")
         code = 2
-    try:
-        os.kill(agent.link.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    agent.link.kill()
     agent.link.ended.wait(5)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -16,6 +16,7 @@ with ``PERMISSION_DENIED``.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,10 +24,13 @@ from typing import Any
 
 import temporalio.api.workflowservice.v1 as wsv1
 from google.protobuf.message import DecodeError, Message
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Memo, Payloads, WorkflowExecution, WorkflowType
 from temporalio.api.enums.v1 import WorkflowIdConflictPolicy, WorkflowIdReusePolicy
+from temporalio.api.sdk.v1 import UserMetadata
+from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.client import Client
-from temporalio.converter import decode_search_attributes
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.converter import encode_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode._protocol import (
@@ -39,6 +43,7 @@ from multinode._protocol import (
     SA_FUNCTION,
     SA_PARENT,
     SA_PROJECT,
+    SA_STATUS,
     SA_VERSION,
     InvocationInput,
     QuotaState,
@@ -48,7 +53,7 @@ from multinode._protocol import (
 from multinode._registry import resolve_version
 from multinode.errors import MultinodeError
 
-_ALWAYS = frozenset({"get_system_info", "describe_namespace", "describe_task_queue"})
+_QUERY_CHARACTERS = frozenset("_ \t\n=<>!,.")
 _READS = frozenset({"describe_workflow_execution", "query_workflow", "get_workflow_execution_history"})
 _INVOCATION_ID = re.compile(r"inv-[0-9a-f]{32}")
 MAX_CALL_SECONDS = 120.0
@@ -79,6 +84,7 @@ class Gate:
         self._client = client
         self._task_queue = task_queue
         self._own = invocation_id
+        self._identity = f"multinode-agent:{invocation_id}"
         self._children: dict[str, _Child | None] = {}
         """Invocations this one started: with what they were queued at, if started by this attempt."""
 
@@ -96,68 +102,70 @@ class Gate:
         namespace = getattr(request, "namespace", self._client.namespace)
         if namespace != self._client.namespace:
             raise Refused(f"namespace {namespace!r}")
-        child = await self._check(rpc, request)
+        request, child = await self._check(rpc, request)
         seconds = MAX_CALL_SECONDS if timeout is None else min(max(timeout, 0.0), MAX_CALL_SECONDS)
         response: Message = await method(request, retry=retry, timeout=timedelta(seconds=seconds))
         if child is not None and getattr(response, "started", False):
             self._children[request.workflow_id] = child
         return response.SerializeToString()
 
-    async def _check(self, rpc: str, request: Any) -> _Child | None:
-        """Refuse the call unless allowed; for a start, the child it will be once started."""
-        if rpc in _ALWAYS:
-            return None
+    async def _check(self, rpc: str, request: Any) -> tuple[Any, _Child | None]:
+        """Refuse the call unless allowed; otherwise the request to send (a start or a queueing is built
+        anew from the fields the SDK sets, checked) and, for a start, the child it will be once started."""
+        if rpc in ("get_system_info", "describe_namespace"):
+            return request, None
+        if rpc == "describe_task_queue":  # whether a control-plane worker polls (the SDK's fail-fast check)
+            if request.task_queue.name == self._task_queue:
+                return request, None
+            raise Refused(f"describing task queue {request.task_queue.name!r}")
         if rpc in _READS:
             target = request.execution.workflow_id
             if target == self._own or target.startswith(PROJECT_WORKFLOW_ID_PREFIX) or await self._is_child(target):
-                return None
+                return request, None
             raise Refused(f"{rpc} of {target}")
         if rpc == "request_cancel_workflow_execution":
             target = request.workflow_execution.workflow_id
             if await self._is_child(target):
-                return None
+                return request, None
             raise Refused(f"cancelling {target}")
         if rpc in ("list_workflow_executions", "count_workflow_executions"):
-            # Only this invocation's children are listed. The query must stand on its own in parentheses,
-            # so that nothing in it can reach outside them (``x') OR ('a`).
-            if not _balanced(request.query):
+            # Only this invocation's children are listed: the query must stand on its own in parentheses,
+            # so that nothing in it can reach outside them (``x') OR ('a``, comments).
+            if not contained(request.query):
                 raise Refused(f"the query {request.query!r}")
             mine = f"{SA_PARENT} = '{self._own}'"
             request.query = f"({request.query}) AND {mine}" if request.query else mine
-            return None
+            return request, None
         if rpc == "start_workflow_execution":
-            return await self._check_start(request)
+            return await self._start(request)
         if rpc == "signal_with_start_workflow_execution":
-            self._check_queueing(request)
-            return None
+            return self._queueing(request), None
         if rpc == "signal_workflow_execution":
             target = request.workflow_execution.workflow_id
             if request.signal_name == CHILD_STARTED_SIGNAL and target == self._own:
                 [child] = self._decode(request.input, [str])
-                if child in self._children:
-                    return None
+                if self._children.get(child) is not None:
+                    fresh = wsv1.SignalWorkflowExecutionRequest(
+                        namespace=self._client.namespace,
+                        workflow_execution=WorkflowExecution(workflow_id=self._own),
+                        signal_name=CHILD_STARTED_SIGNAL,
+                        input=self._encode([child]),
+                        identity=self._identity,
+                        request_id=str(uuid.uuid4()),
+                    )
+                    return fresh, None
             raise Refused(f"signal {request.signal_name!r} to {target}")
         raise Refused(rpc)
 
-    async def _check_start(self, request: wsv1.StartWorkflowExecutionRequest) -> _Child:
+    async def _start(self, request: wsv1.StartWorkflowExecutionRequest) -> tuple[Any, _Child]:
         what = f"starting {request.workflow_type.name} {request.workflow_id}"
         if request.workflow_type.name != INVOCATION_WORKFLOW or request.task_queue.name != self._task_queue:
             raise Refused(what)
         if not _INVOCATION_ID.fullmatch(request.workflow_id):
             raise Refused(what)
         [started] = self._decode(request.input, [InvocationInput])
-        assert isinstance(started, InvocationInput)
-        if started.parent_invocation_id != self._own:
+        if not isinstance(started, InvocationInput) or started.parent_invocation_id != self._own:
             raise Refused(f"{what}: its parent must be {self._own}")
-        attributes = decode_search_attributes(request.search_attributes)
-        expected = {
-            SA_PROJECT: [started.project_name],
-            SA_FUNCTION: [started.function_name],
-            SA_VERSION: [started.version_id],
-            SA_PARENT: [self._own],
-        }
-        if any(attributes.get(name) != values for name, values in expected.items()):
-            raise Refused(f"{what}: its search attributes do not match its input")
         try:
             version = await resolve_version(self._client, started.project_name, started.version_id)
         except MultinodeError as exc:
@@ -170,33 +178,77 @@ class Gate:
             or version.artifact != started.artifact
         ):
             raise Refused(f"{what}: its function, config or artifact differ from the registry's")
-        # A new workflow, never an existing one taken over (which would then count as a child).
-        request.workflow_id_reuse_policy = WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE
-        request.workflow_id_conflict_policy = WorkflowIdConflictPolicy.WORKFLOW_ID_CONFLICT_POLICY_FAIL
-        request.ClearField("on_conflict_options")
-        return _Child(started.project_name, started.function_name, started.config.max_concurrency)
+        # Built anew: only what the SDK sets, as the SDK sets it. A new workflow, never an existing one
+        # taken over (which would then count as a child); no cron, retry policy or timeouts of the caller's.
+        attributes = wsv1.StartWorkflowExecutionRequest().search_attributes
+        encode_search_attributes(
+            TypedSearchAttributes(
+                [
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_PROJECT), started.project_name),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_FUNCTION), started.function_name),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_VERSION), started.version_id),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_STATUS), "PENDING"),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_PARENT), self._own),
+                ]
+            ),
+            attributes,
+        )
+        memo = {
+            "project": started.project_name,
+            "function": started.function_name,
+            "version": started.version_id,
+            "parent_invocation": self._own,
+        }
+        converter = self._client.data_converter.payload_converter
+        fresh = wsv1.StartWorkflowExecutionRequest(
+            namespace=self._client.namespace,
+            workflow_id=request.workflow_id,
+            workflow_type=WorkflowType(name=INVOCATION_WORKFLOW),
+            task_queue=TaskQueue(name=self._task_queue),
+            input=self._encode([started]),
+            identity=self._identity,
+            request_id=str(uuid.uuid4()),
+            workflow_id_reuse_policy=WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+            workflow_id_conflict_policy=WorkflowIdConflictPolicy.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+            memo=Memo(fields={k: converter.to_payloads([v])[0] for k, v in memo.items()}),
+            search_attributes=attributes,
+            user_metadata=UserMetadata(
+                summary=converter.to_payloads(
+                    [f"{started.project_name}.{started.function_name} ({started.version_id})"]
+                )[0]
+            ),
+        )
+        return fresh, _Child(started.project_name, started.function_name, started.config.max_concurrency)
 
-    def _check_queueing(self, request: wsv1.SignalWithStartWorkflowExecutionRequest) -> None:
+    def _queueing(self, request: wsv1.SignalWithStartWorkflowExecutionRequest) -> Any:
         what = f"queueing at {request.workflow_id}"
-        if request.workflow_type.name != QUOTA_WORKFLOW or request.task_queue.name != self._task_queue:
-            raise Refused(what)
-        [state] = self._decode(request.input, [QuotaState])
-        if not isinstance(state, QuotaState) or state.quota_id != request.workflow_id:
-            raise Refused(what)
         if request.signal_name == ACQUIRE_SIGNAL:
             requests: Sequence[Any] = self._decode(request.signal_input, [SlotRequest])
         elif request.signal_name == ACQUIRE_MANY_SIGNAL:
             [requests] = self._decode(request.signal_input, [list[SlotRequest]])
         else:
             raise Refused(what)
-        for slot in requests:
-            child = self._children.get(slot.invocation_id) if isinstance(slot, SlotRequest) else None
-            if (
-                child is None
-                or quota_workflow_id(child.project_name, child.function_name) != request.workflow_id
-                or slot.max_concurrency != child.max_concurrency
-            ):
-                raise Refused(f"{what} for an invocation this one did not start")
+        children = [self._children.get(s.invocation_id) if isinstance(s, SlotRequest) else None for s in requests]
+        quota_ids = {quota_workflow_id(c.project_name, c.function_name) for c in children if c is not None}
+        if not requests or None in children or quota_ids != {request.workflow_id}:
+            raise Refused(f"{what} for an invocation this one did not start")
+        slots = [
+            SlotRequest(slot.invocation_id, str(slot.created_at), child.max_concurrency)
+            for slot, child in zip(requests, children, strict=True)
+            if child is not None
+        ]
+        # Built anew: the quota's state starts empty, whatever the caller sent.
+        return wsv1.SignalWithStartWorkflowExecutionRequest(
+            namespace=self._client.namespace,
+            workflow_id=request.workflow_id,
+            workflow_type=WorkflowType(name=QUOTA_WORKFLOW),
+            task_queue=TaskQueue(name=self._task_queue),
+            input=self._encode([QuotaState(quota_id=request.workflow_id)]),
+            identity=self._identity,
+            request_id=str(uuid.uuid4()),
+            signal_name=request.signal_name,
+            signal_input=self._encode([slots[0]] if request.signal_name == ACQUIRE_SIGNAL else [slots]),
+        )
 
     async def _is_child(self, workflow_id: str) -> bool:
         if workflow_id in self._children:
@@ -213,6 +265,9 @@ class Gate:
             return True
         return False
 
+    def _encode(self, values: list[Any]) -> Payloads:
+        return Payloads(payloads=self._client.data_converter.payload_converter.to_payloads(values))
+
     def _decode(self, payloads: Payloads, types: list[Any]) -> list[Any]:
         try:
             return self._client.data_converter.payload_converter.from_payloads(payloads.payloads, types)
@@ -220,8 +275,10 @@ class Gate:
             raise Refused("a payload the SDK does not send") from exc
 
 
-def _balanced(query: str) -> bool:
-    """Whether the parentheses of ``query`` balance outside its string literals (and they end closed)."""
+def contained(query: str) -> bool:
+    """Whether ``query`` can be put in parentheses without reaching outside them: its parentheses balance
+    outside string literals, which are closed, and outside them it holds nothing but names, numbers,
+    comparisons, commas and dots (no comment, no statement separator)."""
     depth, quote, escaped = 0, "", False
     for char in query:
         if quote:
@@ -231,7 +288,7 @@ def _balanced(query: str) -> bool:
                 escaped = True
             elif char == quote:
                 quote = ""
-        elif char in "'\"`":
+        elif char in "'\"":
             quote = char
         elif char == "(":
             depth += 1
@@ -239,4 +296,6 @@ def _balanced(query: str) -> bool:
             depth -= 1
             if depth < 0:
                 return False
+        elif not (char.isascii() and (char.isalnum() or char in _QUERY_CHARACTERS)):
+            return False
     return depth == 0 and not quote

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from multinode._credentials import ENV_CREDENTIALS_FD, make_undumpable, settings_with_profile
+from multinode._credentials import ENV_CREDENTIALS_FD, make_dumpable, make_undumpable, settings_with_profile
 from multinode._protocol import ENV_CONTAINER_TASK_QUEUE, ENV_INVOCATION_ID
 from multinode._runtime import user
 from multinode._runtime.agent import run_agent, start_agent
@@ -55,6 +55,8 @@ from multinode.provisioner._local_shim import (
     become_subreaper,
     exit_reason,
     kill_leftovers,
+    kill_tree,
+    send_signal,
     start_ticks,
     supervise,
     wait_child,
@@ -91,6 +93,8 @@ class Template:
         self._pool_size = pool_size
         self._log_file = log_file
         self._pool: list[_Unit] = []
+        self._assigned: set[int] = set()
+        """Supervisors of assigned units (children of this process until they end)."""
         self._failures = 0
         self._refill_at = 0.0
         self._buffer = b""
@@ -101,6 +105,7 @@ class Template:
         try:
             while True:
                 self._reap()
+                self._kill_orphans()
                 if time.monotonic() >= self._refill_at:
                     self._refill()
                 readable, _, _ = select.select([self._requests], [], [], LOOP_SECONDS)
@@ -148,6 +153,7 @@ class Template:
             state = {"pid": unit.pid, "start_ticks": start_ticks(unit.pid), "task_queue": unit.task_queue}
             # Written before the reply: a provision retried after the control plane died here finds it.
             write_json(Path(request["state_dir"]) / "state.json", state)
+            self._assigned.add(unit.pid)
             return state
         raise RuntimeError(f"a freshly started container ended at once; see {self._log_file}")
 
@@ -182,6 +188,7 @@ class Template:
                 return
             if pid == 0:
                 return
+            self._assigned.discard(pid)
             unit = next((u for u in self._pool if u.pid == pid), None)
             if unit is not None:  # died before being assigned: its output is in this log
                 self._pool.remove(unit)
@@ -189,6 +196,15 @@ class Template:
                 self._failures += 1
                 backoff = min(0.5 * 2 ** (self._failures - 1), MAX_REFILL_BACKOFF_SECONDS)
                 self._refill_at = time.monotonic() + backoff
+
+    def _kill_orphans(self) -> None:
+        """Kill the processes re-parented to this one (a subreaper) because their unit's supervisor was
+        killed (user code can kill it): nothing an execution starts outlives its container."""
+        known = self._assigned | {unit.pid for unit in self._pool}
+        for pid in _children(os.getpid()):
+            if pid not in known:
+                kill_tree(pid)
+                send_signal(pid, signal.SIGKILL)
 
     def _shutdown(self) -> None:
         for unit in self._pool:
@@ -273,6 +289,9 @@ def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
             for fd in (assignments, credentials):
                 os.close(fd)
             agent_end.close()
+            # The template is not dumpable (it holds the credentials' descriptor); this process holds
+            # nothing secret, and its supervisor must read its memory use (/proc/PID/smaps_rollup).
+            make_dumpable()
             _name_process("mn-user")
             user.serve(user_end)
         except BaseException:  # noqa: BLE001 - a forked child never returns into the agent
@@ -290,7 +309,7 @@ def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
             print(f"[multinode] a pre-started container's worker failed: {agent.failure[0]}", file=sys.stderr)
         elif agent.link.ended.is_set():
             print(f"[multinode] a pre-started container's user process {agent.link.exited}", file=sys.stderr)
-        _end_unassigned(user_pid)
+        agent.link.kill()
         os._exit(2 if agent.failure else 0)  # without failure: the supervisor is gone, nothing will be assigned
     os.close(assignments)
     assignment = json.loads(line)
@@ -309,11 +328,19 @@ def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
     run_agent(agent)
 
 
-def _end_unassigned(user_pid: int) -> None:
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid`` (from /proc)."""
+    found: list[int] = []
     try:
-        os.kill(user_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            found.extend(int(child) for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+        except OSError:
+            continue
+    return [child for child in found if start_ticks(child) is not None]
 
 
 def _read_all(fd: int) -> bytes:
@@ -372,6 +399,10 @@ def main() -> None:
     cwd = os.getcwd()  # an empty folder, put first on sys.path by `-m`: the tasks folder takes its place
     sys.path[:] = [p for p in sys.path if p not in ("", cwd)]
     _name_process("mn-template")
+    # Its descriptors (the credentials') and memory are not readable by other processes of this user,
+    # user code included; and orphans of a unit whose supervisor was killed come here, to be killed.
+    make_undumpable()
+    become_subreaper()
     pool_size = MultinodeSettings.from_env().local_pool_size
     credentials = int(os.environ.pop(ENV_CREDENTIALS_FD))
     threads = len(os.listdir("/proc/self/task"))

@@ -13,6 +13,7 @@ treats its end without one as the attempt's failure, at once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -118,39 +119,56 @@ class Runner:
         positional = _serialization.positional_names(function.fn)
         args, kwargs = _serialization.decode_arguments(json.dumps(run["args"]), positional)
         os.environ[ENV_INVOCATION_ID] = run["invocation_id"]  # nested invocations record their parent
+        pending = self._take_pending()
+        if pending is not None:  # interrupted before the code even started
+            raise pending
+        value = self._in_user_code_run(lambda: function.fn(*args, **kwargs))
+        if inspect.isgenerator(value):
+            value = self._drain(value)
+        return _serialization.encode(value, what="The result")
+
+    def _take_pending(self) -> BaseException | None:
+        with self._lock:
+            error, self._pending = self._pending, None
+            return error
+
+    def _in_user_code_run(self, step: Callable[[], Any], throw: Callable[[BaseException], Any] | None = None) -> Any:
+        """Run ``step`` (user code) where an interruption raises. An interruption that came while our own
+        code ran (where none is raised: a signal there would cut a frame in half) is raised first, or
+        handed to ``throw`` (a generator's, so that it is raised at its yield)."""
         with self._lock:
             self._in_user_code = True
-            if self._pending is not None:  # interrupted before the code even started
-                error, self._pending = self._pending, None
-                self._in_user_code = False
-                raise error
+            pending, self._pending = self._pending, None
         try:
-            value = function.fn(*args, **kwargs)
-            if inspect.isgenerator(value):
-                value = self._drain(value)
+            if pending is not None:
+                if throw is None:
+                    raise pending
+                return throw(pending)
+            return step()
         finally:
             with self._lock:
                 self._in_user_code = False
-        return _serialization.encode(value, what="The result")
 
     def _drain(self, generator: Any) -> Any:
         last = None
-        thrown: BaseException | None = None
+        error: BaseException | None = None
         while True:
+            # An error of ours (a value too large to show) is raised inside the generator, at its yield,
+            # so that its own except and finally blocks run, and the invocation fails now, not at its end.
             try:
-                item = generator.throw(thrown) if thrown is not None else next(generator)
+                if error is not None:
+                    thrown, error = error, None
+                    item = self._in_user_code_run(functools.partial(generator.throw, thrown))
+                else:
+                    item = self._in_user_code_run(functools.partial(next, generator), generator.throw)
             except StopIteration:
                 break
-            thrown = None
             last = item
             now = time.monotonic()
             if now - self._progress_at >= PROGRESS_ENCODE_INTERVAL_SECONDS:
-                # Raised while pickling, outside the generator: raised inside it instead, at its yield,
-                # so that its own except and finally blocks run (and a value too large to show fails the
-                # invocation now, not at its end).
-                thrown = self._publish_progress(last)
+                error = self._publish_progress(last)
                 self._progress_at = now
-        error = self._publish_progress(last)
+        error = self._publish_progress(last) or self._take_pending()
         if error is not None:
             raise error
         return last
@@ -158,8 +176,6 @@ class Runner:
     def _publish_progress(self, value: Any) -> BaseException | None:
         try:
             progress = _serialization.encode(value, what="A yielded value")
-        except (InvocationCancelledError, InvocationTimedOutError) as exc:
-            return exc
         except PayloadError as exc:
             _log(f"a yielded value cannot be shown: {exc}")
             return exc
@@ -169,13 +185,20 @@ class Runner:
 
 def describe_error(exc: BaseException) -> dict[str, str]:
     """Type, message and traceback of ``exc``, whatever its ``__str__``, ``__repr__`` or class do."""
+    try:
+        return _describe_error(exc)
+    except BaseException:  # noqa: BLE001 - an exception hostile enough to break even this: say what we can
+        return {"type": "Exception", "message": "<an exception that could not be described>", "traceback": ""}
+
+
+def _describe_error(exc: BaseException) -> dict[str, str]:
     cls = type(exc)
     try:
         module, qualname = str(cls.__module__), str(cls.__qualname__)
         name = qualname if module in ("builtins", "__main__") else f"{module}.{qualname}"
     except BaseException:  # noqa: BLE001 - a class with broken attributes still has a name
         name = type.__repr__(cls)
-    if isinstance(exc, PayloadError):
+    if cls is PayloadError or PayloadError in cls.__mro__:  # not isinstance: __class__ may be a trap
         name = "PayloadError"
     elif name in RESERVED_ERROR_TYPES:
         name = f"multinode.errors.{name}"
@@ -219,8 +242,9 @@ def _read_frames(channel: Channel, runner: Runner, service: AgentServiceClient, 
                 service.answer(header, body)
     except ChannelClosed as exc:
         service.close(f"the container's agent is gone ({exc})")
-    # Without its agent nothing this process does can be reported: end it, and what it started.
-    os._exit(70)
+    finally:
+        # Without its agent nothing this process does can be reported: end it, and what it started.
+        os._exit(70)
 
 
 def serve(sock: socket.socket, assignment: dict[str, Any] | None = None) -> NoReturn:
@@ -268,8 +292,11 @@ def _take_assignment(assignment: dict[str, Any]) -> None:
 def main() -> None:
     """``python -m multinode._runtime.user FD``: started by an agent (``container.py``) with the channel's
     socket as FD, in the tasks folder, with an environment that holds no credentials."""
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    serve(sock, {"code_dir": os.getcwd()})
+    try:
+        sock = socket.socket(fileno=int(sys.argv[1]))
+        serve(sock, {"code_dir": os.getcwd()})
+    finally:
+        os._exit(1)  # serve ends the process itself; this only if our own code failed
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ their stdin if it dies); assigned containers run on.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -289,9 +290,18 @@ class _Template:
         self._prepare()
         cwd = self.folder / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
-        credentials = os.memfd_create("multinode-credentials", os.MFD_CLOEXEC)
+        credentials = os.memfd_create("multinode-credentials", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.write(credentials, self._credentials.encode())
+            data = self._credentials.encode()
+            while data:
+                data = data[os.write(credentials, data) :]
+            # Sealed: no process that inherits it (nor one that gets hold of it) can change the profile
+            # later agents read.
+            fcntl.fcntl(
+                credentials,
+                fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+            )
             with open(self.log_file, "ab") as log:
                 self.process = self._popen(cwd, log, credentials)
         finally:
