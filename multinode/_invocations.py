@@ -6,17 +6,23 @@ import asyncio
 import json
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import HistoryEventFilterType, PendingWorkflowTaskState, TaskQueueType
+from temporalio.api.enums.v1 import HistoryEventFilterType, TaskQueueType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetWorkflowExecutionHistoryRequest
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode import _serialization
@@ -24,13 +30,15 @@ from multinode._client import is_not_found
 from multinode._protocol import (
     DESCRIBE_QUERY,
     INVOCATION_WORKFLOW,
-    LOGS_WORKFLOW,
+    LOG_READER_WORKFLOW,
+    READ_LOGS_QUERY,
     RUN_FUNCTION_ACTIVITY,
     SA_STATUS,
     ErrorInfo,
     InvocationState,
     LogsChunk,
     LogsRequest,
+    log_reader_workflow_id,
 )
 from multinode._settings import MultinodeSettings
 from multinode._types import ErrorDetails, Execution, Invocation, InvocationStatus
@@ -40,6 +48,7 @@ from multinode.errors import (
     InvocationFailedError,
     InvocationNotFoundError,
     InvocationTimedOutError,
+    MultinodeError,
     NotFoundError,
     PayloadError,
     ValidationError,
@@ -169,7 +178,7 @@ async def await_state(
 
 
 LOGS_READ_SECONDS = 30.0
-"""Once a worker has picked up a log read, how long it may take."""
+"""How long one chunk of a log read may take on a worker whose backend is slow (it answers "pending")."""
 MIN_LONG_POLL_SECONDS = 2.0
 """Shorter waits than this look every SHORT_WAIT_POLL_SECONDS instead (such a long poll returns at once)."""
 SHORT_WAIT_POLL_SECONDS = 0.2
@@ -360,22 +369,66 @@ async def read_logs(
         return LogsChunk(text="", offset=offset or "")
     handle = next((e.container_handle for e in state.executions if e.execution_id == chosen), None)
     request = LogsRequest(provisioner=state.provisioner, execution_id=chosen, offset=offset, container_handle=handle)
-    logs = await client.start_workflow(
-        LOGS_WORKFLOW,
-        request,
-        id=f"multinode-logs:{chosen}:{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue,
-        result_type=LogsChunk,
-        execution_timeout=timedelta(minutes=1),
-    )
-    if not await wait_closed(client, logs.id, logs.result_run_id, settings.worker_wait_seconds):
-        pending_task = (await logs.describe()).raw_description.pending_workflow_task
-        if pending_task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_SCHEDULED:
-            await logs.terminate("no control-plane worker picked it up")  # leave nothing behind
-            raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds)
-        if not await wait_closed(client, logs.id, logs.result_run_id, LOGS_READ_SECONDS):
-            raise ControlPlaneUnavailableError(settings.task_queue, settings.worker_wait_seconds + LOGS_READ_SECONDS)
-    return await logs.result()
+    return await _query_log_reader(client, settings, request)
+
+
+STICKY_FALLBACK_SECONDS = 10.0
+"""After the worker that last ran a workflow dies, how long the server may go on sending the workflow's
+queries to that worker's own (sticky) queue before it sends them to the task queue: the SDK's sticky
+queue schedule-to-start timeout."""
+_TIMED_OUT = frozenset({RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED})
+
+
+async def _query_log_reader(client: Client, settings: MultinodeSettings, request: LogsRequest) -> LogsChunk:
+    """Ask the task queue's log reader workflow for a chunk: a query, so nothing is recorded in Temporal."""
+    reader = client.get_workflow_handle(log_reader_workflow_id(settings.task_queue))
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    started = False
+    while True:
+        try:
+            chunk = await reader.query(
+                READ_LOGS_QUERY,
+                request,
+                result_type=LogsChunk,
+                rpc_timeout=timedelta(seconds=settings.worker_wait_seconds),
+            )
+        except WorkflowQueryFailedError as exc:
+            raise MultinodeError(f"Could not read the output of execution {request.execution_id}: {exc}") from exc
+        except RPCError as exc:
+            waited = loop.time() - begun
+            if is_not_found(exc) and not started:
+                # Never started on this queue (its workers predate the log reader), or gone: start it.
+                await client.start_workflow(
+                    LOG_READER_WORKFLOW,
+                    id=reader.id,
+                    task_queue=settings.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                )
+                started = True
+                continue
+            if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+                # Its first workflow task has not completed (the server waits a second for it): no worker
+                # yet, or only workers that predate the log reader.
+                if waited < settings.worker_wait_seconds:
+                    await asyncio.sleep(SHORT_WAIT_POLL_SECONDS)
+                    continue
+                raise ControlPlaneUnavailableError(settings.task_queue, round(waited)) from exc
+            if exc.status in _TIMED_OUT:
+                # A worker polls, but the one that ran the reader last may have died with the query sent to it.
+                if waited < settings.worker_wait_seconds + STICKY_FALLBACK_SECONDS and await _worker_polls(
+                    client, settings
+                ):
+                    continue
+                raise ControlPlaneUnavailableError(settings.task_queue, round(waited)) from exc
+            raise
+        if not chunk.pending:
+            return chunk
+        if loop.time() - begun > LOGS_READ_SECONDS:  # the worker's backend is slow: each query waited a second
+            raise MultinodeError(
+                f"Reading the output of execution {request.execution_id} took more than {LOGS_READ_SECONDS:g} s "
+                "on the control-plane worker; try again."
+            )
 
 
 async def log_chunks(
@@ -389,8 +442,10 @@ async def log_chunks(
 ) -> AsyncIterator[str]:
     """An execution's output in chunks; with ``follow``, keep reading until the invocation ends."""
     offset: str | None = None
+    state: InvocationState | None = None
     while True:
-        state = await read_state(client, invocation_id, settings)
+        if state is None or state.status not in FINAL_STATUSES:  # an ended invocation's state is final
+            state = await read_state(client, invocation_id, settings)
         ended = state.status in FINAL_STATUSES
         if state.executions or execution_id is not None:
             chunk = await read_logs(client, settings, state, execution_id, offset)

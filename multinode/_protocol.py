@@ -289,10 +289,21 @@ class RequestSlotInput:
 
 # --- logs -------------------------------------------------------------------------------------
 
+LOG_READER_WORKFLOW = "MultinodeLogReader"
+"""One workflow per task queue that never ends and does nothing: its ``read_logs`` query reads an
+execution's output through the provisioner of the control-plane worker answering it (which has the
+provisioner's access: local files, CloudWatch Logs). Queries are not recorded in history."""
+LOG_READER_WORKFLOW_ID_PREFIX = "multinode-log-reader:"
+READ_LOGS_QUERY = "read_logs"
+
 LOGS_WORKFLOW = "MultinodeLogs"
-"""A short workflow that reads one execution's output through the control plane (which has the
-provisioner's credentials: local files, CloudWatch Logs)."""
+"""Before the log reader: a short workflow per chunk read (each chunk stored twice in its history). No
+longer started; still registered so that runs of it in flight during an upgrade finish."""
 READ_LOGS_ACTIVITY = "multinode.read_logs"
+
+
+def log_reader_workflow_id(task_queue: str) -> str:
+    return f"{LOG_READER_WORKFLOW_ID_PREFIX}{task_queue}"
 
 
 @dataclass
@@ -309,3 +320,5 @@ class LogsRequest:
 class LogsChunk:
     text: str
     offset: str
+    pending: bool = False
+    """The read is still running on the worker (a slow backend): ask again with the same request."""

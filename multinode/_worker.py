@@ -12,15 +12,16 @@ import threading
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from multinode._client import connect
-from multinode._protocol import SEARCH_ATTRIBUTES
+from multinode._protocol import LOG_READER_WORKFLOW, SEARCH_ATTRIBUTES, log_reader_workflow_id
 from multinode._settings import MultinodeSettings
-from multinode.activities import ProvisioningActivities
+from multinode.activities import ProvisioningActivities, log_reads
 from multinode.provisioner import Provisioner, create_provisioner
-from multinode.workflows import InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
+from multinode.workflows import InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
 
 logger = logging.getLogger("multinode.worker")
 
@@ -60,12 +61,26 @@ async def ensure_search_attributes(client: Client) -> None:
         )
 
 
+async def ensure_log_reader(client: Client, task_queue: str) -> None:
+    """Start the task queue's log reader workflow unless it runs (any worker on the queue answers it)."""
+    try:
+        await client.start_workflow(
+            LOG_READER_WORKFLOW,
+            id=log_reader_workflow_id(task_queue),
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+    except RPCError as exc:  # the SDK starts it too when it finds none: not a reason to stop the worker
+        logger.warning("Could not start the log reader workflow on %r: %s", task_queue, exc)
+
+
 def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provisioner) -> Worker:
+    """The worker; it answers log reads only inside ``log_reads.serving`` (which ``run_worker`` opens)."""
     activities = ProvisioningActivities(client, settings, {provisioner.name: provisioner})
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow],
+        workflows=[InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow],
         activities=activities.all(),
         # Every running invocation holds a long watch activity here (async, cheap): the default of
         # 100 would let watches starve provisioning and deprovisioning.
@@ -83,10 +98,12 @@ async def run_worker(
     await ensure_search_attributes(client)
     provisioner = create_provisioner(settings.provisioner, settings.home)
     try:
-        async with build_worker(client, settings, provisioner):
-            logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
-            if started is not None:
-                started.set()
-            await (stop or asyncio.Event()).wait()
+        with log_reads.serving(settings.task_queue, {provisioner.name: provisioner}):
+            async with build_worker(client, settings, provisioner):
+                await ensure_log_reader(client, settings.task_queue)
+                logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
+                if started is not None:
+                    started.set()
+                await (stop or asyncio.Event()).wait()
     finally:
         provisioner.close()  # after the worker's last activity: no provision is in flight

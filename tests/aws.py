@@ -311,7 +311,11 @@ def fixture_fake_fargate(fargate_settings: FargateSettings, aws_env: AwsTarget) 
     yield start
     problems: list[str] = []
     for fake in started:
-        left = fake.running_tasks()
+        # moto marks a task STOPPED as soon as StopTask is called; the fake kills its process when it next
+        # polls moto, a moment later on a loaded machine.
+        deadline = time.monotonic() + 30
+        while (left := fake.running_tasks()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         fake.stop()
         if left:
             problems.append(f"tasks still running: {left}")

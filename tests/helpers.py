@@ -94,3 +94,13 @@ class ThreadWorker:
             self._thread.join(timeout=10)
             if not self._thread.is_alive():
                 self._loop.close()
+
+
+def workflow_types(settings: MultinodeSettings) -> list[str]:
+    """The type of every workflow on the settings' task queue (running or closed), sorted."""
+
+    async def types() -> list[str]:
+        client = await connect(settings)
+        return sorted([wf.workflow_type async for wf in client.list_workflows(f"TaskQueue = '{settings.task_queue}'")])
+
+    return asyncio.run(types())

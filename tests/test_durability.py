@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,52 @@ def test_restarting_the_temporal_server_loses_nothing(
         invocation = fn.get(invocation_id)
         assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
         assert LocalProvisioner(own.home).running_handles() == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+OUTAGES = [5, 75] + ([300] if os.environ.get("MULTINODE_TEST_LONG") else [])
+"""Seconds the server is away; the 5-minute outage runs with MULTINODE_TEST_LONG=1."""
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+@pytest.mark.timeout(600)
+def test_finished_work_survives_a_server_outage(
+    outage: int,
+    persistent_server: DevServer,
+    settings: MultinodeSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server is killed while three invocations run; their code finishes while it is away, and once
+    it is back (with its database) each reports its result: no attempt fails, nothing is left running."""
+    import asyncio
+
+    from multinode._registration import register_async
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", persistent_server.address)
+    own = MultinodeSettings.from_env()
+    process = _worker_process(os.environ.copy())
+    try:
+        wait_for_worker(own)
+        project = f"outage-{uuid.uuid4().hex[:6]}"
+        asyncio.run(register_async(write_tasks(tmp_path / "tasks", {"main.py": TASKS}), project, own))
+        fn = get_deployed_function(project, "slow_square", settings=own)
+        markers = [tmp_path / f"started-{i}" for i in range(3)]
+        invocation_ids = [fn.start(i, str(marker)) for i, marker in enumerate(markers)]
+        assert_eventually(lambda: all(m.exists() for m in markers), timeout=90)
+        assert persistent_server.process is not None
+        persistent_server.process.send_signal(signal.SIGKILL)
+        persistent_server.process.wait()
+        time.sleep(outage)  # the outage itself: the code finishes (6 s after its marker) while the server is away
+        persistent_server.start()
+        for i, invocation_id in enumerate(invocation_ids):
+            assert fn.await_result(invocation_id, timeout=240) == i * i
+            invocation = fn.get(invocation_id)
+            assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
+            assert invocation.num_failed_attempts == 0 and len(invocation.executions) == 1, invocation.executions
+        assert_eventually(lambda: LocalProvisioner(own.home).running_handles() == [], timeout=60)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

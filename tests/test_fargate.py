@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode._protocol import VersionRecord
+from multinode._protocol import LOG_READER_WORKFLOW, VersionRecord
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, InvocationCancelledError, ProvisionerError
 from multinode.provisioner.base import ContainerSpec, ContainerStatus
@@ -51,7 +51,7 @@ from tests.aws import (  # noqa: F401 - fixtures
     running_task_arns,
 )
 from tests.fake_fargate import FakeFargate, LocalImage
-from tests.helpers import ThreadWorker, assert_eventually, write_tasks
+from tests.helpers import ThreadWorker, assert_eventually, workflow_types, write_tasks
 
 IMAGE = "public.ecr.aws/docker/library/python:3.12-slim"
 """Any image string does for moto; with a real account a task really pulls it (it has no Multinode)."""
@@ -906,7 +906,11 @@ def fargate_stack(
 
 @moto_only
 def test_fargate_invocation_succeeds(
-    fargate_stack, project_name: str, fargate_settings: FargateSettings, aws_env: AwsTarget
+    fargate_stack,
+    project_name: str,
+    fargate_settings: FargateSettings,
+    aws_env: AwsTarget,
+    settings: MultinodeSettings,
 ) -> None:
     fargate_stack({"main.py": E2E_TASKS})
     fn = get_deployed_function(project_name, "add")
@@ -915,6 +919,9 @@ def test_fargate_invocation_succeeds(
     invocation = fn.get(invocation_id)
     assert invocation.status == InvocationStatus.SUCCEEDED and invocation.terminated
     assert "adding 2 and 3" in fn.logs(invocation_id)
+    # Read through the task queue's log reader (a query), not a workflow per chunk.
+    types = workflow_types(settings)
+    assert "MultinodeLogs" not in types and types.count(LOG_READER_WORKFLOW) == 1, types
     ecs = aws_env.client("ecs")
     arns = ecs.list_tasks(cluster=fargate_settings.cluster, desiredStatus="STOPPED")["taskArns"]
     (task,) = ecs.describe_tasks(cluster=fargate_settings.cluster, tasks=arns, include=["TAGS"])["tasks"]

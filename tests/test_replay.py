@@ -12,14 +12,14 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from multinode.workflows import InvocationWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
+from multinode.workflows import InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_replays(path: Path) -> None:
-    replayer = Replayer(workflows=[InvocationWorkflow, ProjectWorkflow, QuotaWorkflow, LogsWorkflow])
+    replayer = Replayer(workflows=[InvocationWorkflow, ProjectWorkflow, QuotaWorkflow, LogsWorkflow, LogReaderWorkflow])
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
@@ -34,3 +34,5 @@ def test_there_are_histories() -> None:
     assert stems >= {"pre_grants_together_quota", "pre_grants_together_quota_arrival_order"}
     # Projects deleted before deletion left a tombstone (patch "multinode-project-tombstone"), and after.
     assert stems >= {"pre_tombstone_project_deleted", "project_deleted_then_registered"}
+    # The log reader of a task queue never ends: every version's code must replay its one history.
+    assert "log_reader" in stems

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -60,8 +60,13 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 """Frames waiting for the user process to read them beyond which it is killed (it stopped reading)."""
 MAX_ERROR_CHARS = 200_000
 """Longest message or traceback reported (the user process cuts them shorter; a raw frame may not)."""
+HOLD_SECONDS = 60.0
+"""After the execution's deadline (timeout and grace period), how long the agent still holds its outcome
+for a workflow that may ask again, unless deprovisioning ends it first (as it normally does at once)."""
+HOLD_CHECK_SECONDS = 5.0
+"""While holding its outcome, how often the agent checks whether its invocation's workflow has closed."""
 REPORT_WAIT_SECONDS = 60.0
-"""After the call, how long the agent waits for its worker to report the outcome before exiting."""
+"""After the call, the least time the agent stays (holding the outcome) before exiting on its own."""
 
 
 def log(message: str) -> None:
@@ -221,6 +226,11 @@ class AgentActivities:
         self.finished = finished
         self.interrupted: str | None = None
         self._run: RunInput | None = None
+        self._wakers: set[asyncio.Event] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._grace_over = asyncio.Event()
+        self.deadline = math.inf
+        """Monotonic time until which the agent holds the outcome for a workflow that may ask again."""
 
     def _interrupt(self, reason: str) -> None:
         if self.interrupted is not None:
@@ -274,34 +284,49 @@ class AgentActivities:
                 "The function's process reported a result that is not JSON.", type="PayloadError", non_retryable=True
             ) from exc
 
+    def _done(self) -> bool:
+        return self.link.outcome is not None or self.link.exited is not None or self._grace_over.is_set()
+
+    def _wake_all(self) -> None:
+        for event in self._wakers:
+            event.set()
+
+    def _timed_out(self) -> None:
+        assert self._run is not None
+        self._interrupt("timed_out")
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self._run.grace_period_seconds, self._grace_over.set))
+        self._timers.append(loop.call_later(self._run.grace_period_seconds, self._wake_all))
+
     @activity.defn(name=RUN_FUNCTION_ACTIVITY)
     async def run_function(self, run: RunInput) -> RunOutput:
+        """Run the call; or, asked again for the same execution (the workflow lost track of this one while
+        Temporal was away, and found the container still there), wait for the same call's outcome."""
         loop = asyncio.get_running_loop()
         link = self.link
-        self._run = run
         woken = asyncio.Event()
-        link.waker = woken.set
-
-        def done() -> bool:
-            return link.outcome is not None or link.exited is not None
-
-        self.started.set()
-        link.send({"op": "run", "input": asdict(run)})
-        timers = [loop.call_later(run.timeout_seconds, self._interrupt, "timed_out")]
-        grace_over = asyncio.Event()
+        self._wakers.add(woken)
+        link.waker = self._wake_all
+        if self._run is None:
+            self._run = run
+            self.started.set()
+            self.deadline = time.monotonic() + run.timeout_seconds + run.grace_period_seconds + HOLD_SECONDS
+            link.send({"op": "run", "input": asdict(run)})
+            self._timers.append(loop.call_later(run.timeout_seconds, self._timed_out))
+        elif run.execution_id != self._run.execution_id:
+            raise ApplicationError("This container runs another execution.", type="WrongContainerError")
+        else:
+            log("the workflow asked for this execution again (Temporal was away when it was reported)")
         pacer = ProgressPacer(self.client, run)
         beat_at, beat_version = -math.inf, -1
         try:
-            while not done() and not grace_over.is_set():
+            while not self._done():
                 woken.clear()
                 progress, version = link.progress, link.progress_version
                 if version != beat_version or loop.time() - beat_at >= LIVENESS_HEARTBEAT_SECONDS:
                     activity.heartbeat(*([progress] if progress is not None else []))
                     beat_at, beat_version = loop.time(), version
                 pacer.offer(progress, version)
-                if self.interrupted == "timed_out" and not timers[1:]:
-                    timers.append(loop.call_later(run.grace_period_seconds, grace_over.set))
-                    timers.append(loop.call_later(run.grace_period_seconds, woken.set))
                 try:
                     await asyncio.wait_for(woken.wait(), HEARTBEAT_INTERVAL_SECONDS)
                 except asyncio.TimeoutError:
@@ -309,7 +334,7 @@ class AgentActivities:
         except asyncio.CancelledError:
             self._interrupt("cancelled")
             deadline = loop.time() + run.grace_period_seconds
-            while not done() and loop.time() < deadline:
+            while not self._done() and loop.time() < deadline:
                 # Keep heartbeating: the grace period may be longer than the heartbeat timeout.
                 activity.heartbeat()
                 woken.clear()
@@ -317,14 +342,16 @@ class AgentActivities:
                     await asyncio.wait_for(asyncio.shield(woken.wait()), HEARTBEAT_INTERVAL_SECONDS)
                 except asyncio.TimeoutError:
                     pass
-            if not done():
+            if not self._done():
                 log("the function did not stop within the grace period")
             raise
         finally:
-            for timer in timers:
-                timer.cancel()
-            self.finished.set()
-        if not done():
+            self._wakers.discard(woken)
+            if self._done() or not self._wakers:
+                for timer in self._timers:
+                    timer.cancel()
+                self.finished.set()
+        if self._grace_over.is_set() and link.outcome is None and link.exited is None:
             log("the function did not stop within the grace period after its timeout")
         return self._outcome()
 
@@ -345,6 +372,23 @@ class Agent:
     """Set when the call has ended (the worker then reports it and stops)."""
     failure: list[BaseException]
     """The worker's error, once it has failed (it could not connect, or stopped polling)."""
+    activities: AgentActivities | None = None
+
+    def invocation_closed(self) -> bool:
+        """Whether the invocation's workflow has closed; False when that cannot be told (Temporal away)."""
+        link = self.link
+        if link.loop is None or link.client is None or link.invocation_id is None:
+            return False
+        client, invocation_id = link.client, link.invocation_id
+
+        async def closed() -> bool:
+            description = await client.get_workflow_handle(invocation_id).describe()
+            return description.status != WorkflowExecutionStatus.RUNNING
+
+        try:
+            return asyncio.run_coroutine_threadsafe(closed(), link.loop).result(timeout=HOLD_CHECK_SECONDS)
+        except Exception:  # noqa: BLE001 - unreachable, or not found yet: keep holding
+            return False
 
     def assign(self, invocation_id: str) -> None:
         self.link.invocation_id = invocation_id
@@ -356,6 +400,7 @@ async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> 
     link.client, link.control_queue = client, settings.task_queue
     link.loop = asyncio.get_running_loop()
     activities = AgentActivities(link, client, agent.started, agent.finished)
+    agent.activities = activities
     worker = Worker(
         client,
         task_queue=task_queue,
@@ -372,7 +417,8 @@ async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> 
         max_heartbeat_throttle_interval=HEARTBEAT_SEND_INTERVAL,
     )
     async with worker:
-        await asyncio.to_thread(agent.finished.wait)
+        # Polls until the container ends (see run_agent): the workflow may ask for the execution again.
+        await asyncio.Event().wait()
 
 
 def start_agent(task_queue: str, settings: MultinodeSettings, user_pid: int, sock: socket.socket) -> Agent:
@@ -403,7 +449,17 @@ def run_agent(agent: Agent) -> NoReturn:
         code = 3
     else:
         agent.finished.wait()
-        agent.thread.join(timeout=REPORT_WAIT_SECONDS)
+        # Hold the outcome: if Temporal was away when it was reported, the workflow asks again once it is
+        # back (and finds the container still there). Deprovisioning normally ends the container first.
+        deadline = agent.activities.deadline if agent.activities is not None else 0.0
+        hold_until = max(deadline if deadline < math.inf else 0.0, time.monotonic() + REPORT_WAIT_SECONDS)
+        next_check = time.monotonic() + HOLD_CHECK_SECONDS
+        while not agent.failure and time.monotonic() < hold_until:
+            time.sleep(0.5)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HOLD_CHECK_SECONDS
+                if agent.invocation_closed():
+                    break  # nobody will ask again (its workflow ended, or was terminated)
     if agent.failure:
         log(f"the container's worker failed: {agent.failure[0]}")
         code = 2

@@ -91,6 +91,9 @@ RETRY_BACKOFF_MAX = timedelta(minutes=1)
 PROVISION_TIMEOUT = timedelta(minutes=2)
 """One attempt at starting a container (a local activity: it holds the workflow task meanwhile)."""
 LEAN_PATH_PATCH = "multinode-lean-path"
+REATTACH_PATCH = "multinode-reattach"
+"""A run activity that timed out on heartbeats while its container still runs is scheduled again (the
+container answers with the same call's outcome) instead of failing the attempt."""
 """Invocations started before this patch provisioned and deprovisioned with remote activities, published
 their final status only after clean-up, and released their slot with a signal from the workflow."""
 
@@ -402,26 +405,32 @@ class InvocationWorkflow:
     async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
         grace = timedelta(seconds=handle.grace_period_seconds)
         queue = handle.task_queue or container_task_queue(execution.execution_id)
-        run = workflow.start_activity(
-            RUN_FUNCTION_ACTIVITY,
-            RunInput(
-                invocation_id=workflow.info().workflow_id,
-                execution_id=execution.execution_id,
-                function_name=self._input.function_name,
-                args=self._input.args,
-                timeout_seconds=self._input.config.timeout_seconds,
-                grace_period_seconds=handle.grace_period_seconds,
-                **self._progress_budget(execution.attempt),
-            ),
-            result_type=RunOutput,
-            task_queue=queue,
-            schedule_to_start_timeout=CONTAINER_START_TIMEOUT,
-            # Backstop only: the container raises the timeout in user code itself at the deadline.
-            start_to_close_timeout=self._input.config.timeout + grace + timedelta(seconds=30),
-            heartbeat_timeout=RUN_HEARTBEAT_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_attempts=1),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        run_input = RunInput(
+            invocation_id=workflow.info().workflow_id,
+            execution_id=execution.execution_id,
+            function_name=self._input.function_name,
+            args=self._input.args,
+            timeout_seconds=self._input.config.timeout_seconds,
+            grace_period_seconds=handle.grace_period_seconds,
+            **self._progress_budget(execution.attempt),
         )
+        # Backstop only: the container raises the timeout in user code itself at the deadline.
+        deadline = workflow.now() + self._input.config.timeout + grace + timedelta(seconds=30)
+
+        def start_run() -> workflow.ActivityHandle[RunOutput]:
+            return workflow.start_activity(
+                RUN_FUNCTION_ACTIVITY,
+                run_input,
+                result_type=RunOutput,
+                task_queue=queue,
+                schedule_to_start_timeout=CONTAINER_START_TIMEOUT,
+                start_to_close_timeout=max(deadline - workflow.now(), CONTAINER_START_TIMEOUT),
+                heartbeat_timeout=RUN_HEARTBEAT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+
+        run = start_run()
         watch = workflow.start_activity(
             WATCH_ACTIVITY,
             handle,
@@ -433,6 +442,35 @@ class InvocationWorkflow:
             retry_policy=_FOREVER,
         )
         self._watch = watch
+        while True:
+            output = await self._await_run(run, watch, queue, grace)
+            if output is not None:
+                break
+            # Heartbeats stopped reaching Temporal, but the container is still there (Temporal or this
+            # network was away): ask it for the run again; it answers with the same call's outcome.
+            if not self._may_reattach(watch, deadline):
+                raise _AttemptEnd(
+                    "FAILED",
+                    ErrorInfo("ContainerLostError", f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."),
+                )
+            run = start_run()
+        if self._cancel_requested:
+            raise _AttemptEnd("CANCELLED")
+        return output
+
+    def _may_reattach(self, watch: workflow.ActivityHandle[ContainerExit], deadline: datetime) -> bool:
+        if self._cancel_requested or watch.done() or workflow.now() >= deadline:
+            return False
+        return workflow.patched(REATTACH_PATCH)
+
+    async def _await_run(
+        self,
+        run: workflow.ActivityHandle[RunOutput],
+        watch: workflow.ActivityHandle[ContainerExit],
+        queue: str,
+        grace: timedelta,
+    ) -> RunOutput | None:
+        """The run's output; None if it ended by a heartbeat timeout (the container may still be there)."""
         try:
             await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -460,12 +498,12 @@ class InvocationWorkflow:
             exit_info = watch.result()
             raise _AttemptEnd("FAILED", ErrorInfo("ContainerExitedError", f"The container stopped: {exit_info.reason}"))
         try:
-            output = run.result()
+            return run.result()
         except (ActivityError, asyncio.CancelledError) as err:
+            cause = err.cause if isinstance(err, ActivityError) else None
+            if isinstance(cause, TimeoutError) and cause.type == TimeoutType.HEARTBEAT and not self._cancel_requested:
+                return None
             raise self._classify(err) from None
-        if self._cancel_requested:
-            raise _AttemptEnd("CANCELLED")
-        return output
 
     async def _end_watch(self) -> None:
         """The container is gone, so the watch ends by itself within a poll; cancelling it instead

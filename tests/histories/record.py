@@ -119,3 +119,16 @@ def test_record_deleted_then_registered(register, project_name: str, settings: M
     asyncio.run(delete_project_and_invocations(settings, project_name))
     assert register({"main.py": QUEUED}).version_id == "v2"
     asyncio.run(_save(settings, f"multinode-project:{project_name}", "project_deleted_then_registered"))
+
+
+def test_record_log_reader(register, project_name: str, settings: MultinodeSettings) -> None:
+    """The task queue's log reader after reads of a running invocation's output: queries leave its history
+    at its first events."""
+    register({"main.py": TASKS})
+    sleeper = get_deployed_function(project_name, "sleeper")
+    running = sleeper.start()
+    assert_eventually(lambda: "started" in sleeper.logs(running), timeout=60)
+    sleeper.cancel(running)
+    with pytest.raises(InvocationCancelledError):
+        sleeper.await_result(running, timeout=60)
+    asyncio.run(_save(settings, f"multinode-log-reader:{settings.task_queue}", "log_reader"))
