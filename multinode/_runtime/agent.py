@@ -43,6 +43,7 @@ from multinode._runtime.gate import Gate
 from multinode._runtime.pacer import ProgressPacer
 from multinode._serialization import MAX_PAYLOAD_CHARS
 from multinode._settings import MultinodeSettings
+from multinode.errors import TemporalUnreachableError
 
 HEARTBEAT_INTERVAL_SECONDS = 0.25
 """How often the run activity looks at its timers and the progress pacer."""
@@ -63,6 +64,8 @@ MAX_ERROR_CHARS = 200_000
 HOLD_SECONDS = 60.0
 """After the execution's deadline (timeout and grace period), how long the agent still holds its outcome
 for a workflow that may ask again, unless deprovisioning ends it first (as it normally does at once)."""
+CONNECT_RETRY_MAX_SECONDS = 5.0
+"""Longest pause between two attempts of a container to connect to a Temporal that is away."""
 HOLD_CHECK_SECONDS = 5.0
 """While holding its outcome, how often the agent checks whether its invocation's workflow has closed."""
 REPORT_WAIT_SECONDS = 60.0
@@ -394,8 +397,25 @@ class Agent:
         self.link.invocation_id = invocation_id
 
 
+async def _connect(settings: MultinodeSettings) -> Client:
+    """Connect, waiting for Temporal if it is away (restarting, say): a container started meanwhile, or
+    pre-started, must not fail its execution for that. Gives up after ``IDLE_TIMEOUT_SECONDS``."""
+    deadline = time.monotonic() + IDLE_TIMEOUT_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            return await connect(settings)
+        except TemporalUnreachableError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            if pause == 0.5:
+                log(f"waiting for Temporal: {exc}")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CONNECT_RETRY_MAX_SECONDS)
+
+
 async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> None:
-    client = await connect(settings)
+    client = await _connect(settings)
     link = agent.link
     link.client, link.control_queue = client, settings.task_queue
     link.loop = asyncio.get_running_loop()

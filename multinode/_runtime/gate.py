@@ -15,7 +15,9 @@ with ``PERMISSION_DENIED``.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ from multinode.errors import MultinodeError
 _QUERY_CHARACTERS = frozenset("_ \t\n=<>!,.")
 _READS = frozenset({"describe_workflow_execution", "query_workflow", "get_workflow_execution_history"})
 _INVOCATION_ID = re.compile(r"inv-[0-9a-f]{32}")
+OUTAGE_SECONDS = 600.0
+"""How long a relayed call keeps trying while Temporal is away."""
 MAX_CALL_SECONDS = 120.0
 """Longest a relayed call may last (the SDK's long polls ask for less)."""
 
@@ -104,7 +108,7 @@ class Gate:
             raise Refused(f"namespace {namespace!r}")
         request, child = await self._check(rpc, request)
         seconds = MAX_CALL_SECONDS if timeout is None else min(max(timeout, 0.0), MAX_CALL_SECONDS)
-        response: Message = await method(request, retry=retry, timeout=timedelta(seconds=seconds))
+        response = await _through_outages(method, request, retry, seconds)
         if child is not None and getattr(response, "started", False):
             self._children[request.workflow_id] = child
         return response.SerializeToString()
@@ -273,6 +277,25 @@ class Gate:
             return self._client.data_converter.payload_converter.from_payloads(payloads.payloads, types)
         except Exception as exc:  # a payload that is not what the SDK sends
             raise Refused("a payload the SDK does not send") from exc
+
+
+async def _through_outages(method: Any, request: Any, retry: bool, seconds: float) -> Message:
+    """Make the call; while Temporal is away (restarting, say), keep trying for up to ``OUTAGE_SECONDS``:
+    the function's code runs on meanwhile, and its nested calls should not fail for that."""
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            response: Message = await method(request, retry=retry, timeout=timedelta(seconds=seconds))
+            return response
+        except RPCError as exc:
+            away = exc.status == RPCStatusCode.UNAVAILABLE or (
+                exc.status == RPCStatusCode.UNKNOWN and "transport" in exc.message.lower()
+            )
+            if not away or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def contained(query: str) -> bool:
