@@ -36,6 +36,11 @@ class Stack:
     def address(self) -> str:
         return self.env["TEMPORAL_ADDRESS"]
 
+    @property
+    def worker_log(self) -> Path:
+        """Where `mn dev` writes (its stdout and stderr): the control-plane worker's log."""
+        return self.home / "dev.log"
+
     def rss_mb(self) -> dict[str, float]:
         """RSS in MB of the control-plane worker (the `mn dev` Python process), of the Temporal server,
         and of every other descendant together (containers, their supervisors, any pre-started ones).
@@ -48,8 +53,13 @@ class Stack:
 
     def worker_cpu_seconds(self) -> float:
         """CPU time the `mn dev` process has used: tells when the control plane has caught up."""
-        fields = _stat_fields(self.pid)
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+        return cpu_seconds(self.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (0 once it is gone)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def free_port() -> int:
@@ -86,12 +96,18 @@ def _all_pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
-def descendants(root: int) -> list[int]:
+def process_children() -> dict[int, list[int]]:
+    """Every live process's children, by parent pid (zombies left out)."""
     children: dict[int, list[int]] = {}
     for pid in _all_pids():
         fields = _stat_fields(pid)
         if fields and fields[0] != "Z":
             children.setdefault(int(fields[1]), []).append(pid)
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    children = process_children()
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -165,7 +181,7 @@ def local_stack() -> Iterator[Stack]:
         "MULTINODE_TASK_QUEUE": "bench",
     }
     mn = str(Path(sys.executable).parent / "mn")
-    log_path = home / "dev.log"
+    log_path = home / "dev.log"  # also Stack.worker_log
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [mn, "dev", "--port", str(port), "--ui-port", str(free_port())],

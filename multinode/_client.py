@@ -91,25 +91,31 @@ async def connect(settings: MultinodeSettings, timeout: float = CONNECT_TIMEOUT_
         raise unreachable_error(settings, f"no answer within {timeout:g} s") from exc
     except (RuntimeError, OSError, RPCError) as exc:
         cause = _short(exc)
-        if cause in (_NOT_TEMPORAL, _CLOSED) and await _answers_http(settings.temporal_address):
-            cause = _HTTP_SERVER
+        if cause in (_NOT_TEMPORAL, _CLOSED):
+            answer = await _first_bytes(settings.temporal_address)
+            if answer.startswith(b"HTTP/"):
+                cause = _HTTP_SERVER
+            elif answer:
+                cause = _NOT_TEMPORAL  # it said something, but not gRPC (seen as a closed connection when
+                # the client noticed the close first)
         raise unreachable_error(settings, cause) from exc
 
 
-async def _answers_http(address: str) -> bool:
-    """Whether an HTTP/1 server listens there (the Web UI, say): the gRPC client reports one as a
-    protocol error or as a closed connection, depending on which it notices first."""
+async def _first_bytes(address: str) -> bytes:
+    """What a server at ``address`` answers first to an HTTP/1 request (b"" if nothing): an HTTP server
+    answers "HTTP/", another protocol its own greeting; the gRPC client reports either as a protocol
+    error or as a closed connection, depending on which it notices first."""
     host, _, port = address.rpartition(":")
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 2)
     except (OSError, ValueError, asyncio.TimeoutError):
-        return False
+        return b""
     try:
         writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        return await asyncio.wait_for(reader.read(5), 2) == b"HTTP/"
+        return await asyncio.wait_for(reader.read(5), 2)
     except (OSError, asyncio.TimeoutError):
-        return False
+        return b""
     finally:
         writer.close()
 
