@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -103,6 +104,8 @@ HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT = HistoryEventFilterType.HISTORY_EVENT_FIL
 _log = logging.getLogger("multinode")
 
 FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
+DEFAULT_LOG_SETTLE_SECONDS = 60.0
+"""How long ``follow`` keeps reading an ended invocation's logs while its containers are being stopped."""
 
 
 async def _heartbeat_progress(client: Client, description: WorkflowExecutionDescription) -> Any:
@@ -440,13 +443,22 @@ async def log_chunks(
     follow: bool,
     poll_seconds: float = 1.0,
 ) -> AsyncIterator[str]:
-    """An execution's output in chunks; with ``follow``, keep reading until the invocation ends."""
+    """An execution's output in chunks; with ``follow``, keep reading until the invocation ends.
+
+    Following ends only once the containers are gone too (``terminated``): a backend whose logs trail
+    the output (CloudWatch) has its last lines by then.
+    """
     offset: str | None = None
     state: InvocationState | None = None
+    final_since: float | None = None
     while True:
-        if state is None or state.status not in FINAL_STATUSES:  # an ended invocation's state is final
+        if state is None or not (state.status in FINAL_STATUSES and state.terminated):
             state = await read_state(client, invocation_id, settings)
-        ended = state.status in FINAL_STATUSES
+        if state.status in FINAL_STATUSES and final_since is None:
+            final_since = time.monotonic()
+        # A container its backend failed to stop never reports terminated: stop following after a while.
+        settled = final_since is not None and time.monotonic() - final_since > DEFAULT_LOG_SETTLE_SECONDS
+        ended = state.status in FINAL_STATUSES and (state.terminated or settled)
         if state.executions or execution_id is not None:
             chunk = await read_logs(client, settings, state, execution_id, offset)
             offset = chunk.offset

@@ -53,6 +53,7 @@ from multinode._runtime.agent import run_agent, start_agent
 from multinode._settings import MultinodeSettings
 from multinode.provisioner._local_shim import (
     become_subreaper,
+    die_with_parent,
     exit_reason,
     kill_leftovers,
     kill_tree,
@@ -227,9 +228,11 @@ def _supervisor(assignments: int, task_queue: str, log_file: str, credentials: i
     os.setsid()
     _name_process("mn-supervisor")
     read_end, write_end = os.pipe()
+    supervisor = os.getpid()
     child = os.fork()
     if child == 0:
         try:
+            die_with_parent(supervisor)
             os.close(write_end)
             os.close(assignments)
             _name_process("mn-agent")
@@ -281,9 +284,11 @@ def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
     """A unit's container: its agent (this process) polls the unit's queue at once, then waits for the
     execution assigned to it; the user code's process, forked first, waits for the agent's word."""
     agent_end, user_end = socket.socketpair()
+    agent_pid = os.getpid()
     user_pid = os.fork()
     if user_pid == 0:
         try:
+            die_with_parent(agent_pid)
             # Forked before the agent reads the credentials, and without the descriptor that holds
             # them: nothing in this process's memory, environment or descriptors grants Temporal access.
             for fd in (assignments, credentials):

@@ -24,6 +24,8 @@ from pathlib import Path
 POLL_SECONDS = 0.1
 PR_SET_CHILD_SUBREAPER = 36
 """prctl(2) option: orphans below the calling process are re-parented to it rather than to init."""
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the calling process gets when the thread that forked it ends."""
 KILL_TIMEOUT_SECONDS = 10.0
 """Longest a clean-up keeps killing a tree (processes stuck in the kernel may not die at once)."""
 DEFAULT_MAX_PROCESSES = 1024
@@ -51,6 +53,18 @@ def become_subreaper() -> bool:
     if _PRCTL is None:
         return False
     return _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def die_with_parent(parent: int) -> None:
+    """In a just-forked child: be killed (SIGKILL) when ``parent``, the process that forked it, ends.
+
+    The subreapers above a container (its supervisor, the template) clean up after it only while they
+    live; a supervisor killed after its template had ended would otherwise leave the container running
+    unsupervised, re-parented to init. Call it from the forking thread's child only (the signal follows
+    the forking *thread*). Exits at once if the parent has already gone (the race prctl(2) documents).
+    """
+    if _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent:
+        os._exit(1)
 
 
 def descendants(pid: int) -> list[int]:
