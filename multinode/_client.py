@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import functools
+import hashlib
 import ipaddress
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -12,9 +14,11 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter, DefaultFailureConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode import _native
+from multinode._codec import EncryptionCodec
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, MultinodeError, TemporalUnreachableError
 
@@ -43,7 +47,9 @@ async def get_client(settings: MultinodeSettings) -> Client:
         return _container_client
     _register_exit_hook()
     _native.track_running_loop()
-    key = settings.model_dump_json(include={"temporal_profile"})
+    # Keys change what a client encodes and can decode: a client per key list too (hashed, not kept).
+    keys = hashlib.sha256(settings.encryption_keys.get_secret_value().encode()).hexdigest()
+    key = settings.model_dump_json(include={"temporal_profile"}) + keys
     with _clients_lock:
         pending = _clients.get(key)
         owner = pending is None
@@ -75,6 +81,13 @@ def _register_exit_hook() -> None:
             atexit.register(_at_exit)
 
 
+def data_converter(codec: EncryptionCodec) -> DataConverter:
+    """The default converter with ``codec`` on every payload; when it encrypts, error messages and stack
+    traces are moved into an (encrypted) payload too: Temporal keeps only "Encoded failure" in plain text."""
+    failures = DefaultFailureConverterWithEncodedAttributes if codec.encrypts else DefaultFailureConverter
+    return dataclasses.replace(DataConverter.default, payload_codec=codec, failure_converter_class=failures)
+
+
 def _at_exit() -> None:
     _portal.close()
     _native.wait_for_native_threads()
@@ -85,6 +98,7 @@ async def connect(settings: MultinodeSettings, timeout: float = CONNECT_TIMEOUT_
         kwargs = settings.connect_kwargs()
     except OSError as exc:  # a certificate file named in the TLS settings cannot be read
         raise ConfigurationError(f"Cannot read a file of the Temporal TLS settings: {exc}") from exc
+    kwargs["data_converter"] = data_converter(settings.payload_codec())
     try:
         return await asyncio.wait_for(Client.connect(**kwargs), timeout)
     except asyncio.TimeoutError as exc:

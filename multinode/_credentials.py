@@ -7,10 +7,14 @@ import json
 import sys
 from collections.abc import Mapping
 
+from multinode._codec import ENV_ENCRYPTION_KEYS
 from multinode._settings import DEFAULT_TEMPORAL_ADDRESS, ENV_TEMPORAL_PROFILE, MultinodeSettings
 
 ENV_CREDENTIALS_FD = "MULTINODE_CREDENTIALS_FD"
-"""A local container's agent reads the Temporal profile (credentials included) from this descriptor."""
+"""A local container's agent reads its secrets (``SECRET_ENV``, as a JSON object) from this descriptor."""
+SECRET_ENV = (ENV_TEMPORAL_PROFILE, ENV_ENCRYPTION_KEYS)
+"""The settings variables that grant something: the Temporal profile (credentials included) and the
+payload encryption keys. Agents hold them; user code never does."""
 _PR_SET_DUMPABLE = 4
 
 
@@ -47,15 +51,18 @@ def credential_free_env(environ: Mapping[str, str]) -> dict[str, str]:
         "namespace": profile.get("namespace") or environ.get("TEMPORAL_NAMESPACE") or "default",
     }
     env = {
-        k: v
-        for k, v in environ.items()
-        if not k.startswith("TEMPORAL_") and k not in (ENV_TEMPORAL_PROFILE, ENV_CREDENTIALS_FD)
+        k: v for k, v in environ.items() if not k.startswith("TEMPORAL_") and k not in (*SECRET_ENV, ENV_CREDENTIALS_FD)
     }
     env[ENV_TEMPORAL_PROFILE] = json.dumps(public)
     return env
 
 
-def settings_with_profile(profile_json: str, environ: Mapping[str, str]) -> MultinodeSettings:
-    """Settings from ``environ``, with the Temporal profile given apart (a local agent reads it from a
-    descriptor: see ``ENV_CREDENTIALS_FD``)."""
-    return MultinodeSettings.from_env({**environ, ENV_TEMPORAL_PROFILE: profile_json})
+def secrets_blob(settings_env: Mapping[str, str]) -> str:
+    """What a local agent reads from ``ENV_CREDENTIALS_FD``: the secret variables of ``settings_env``."""
+    return json.dumps({name: settings_env.get(name, "") for name in SECRET_ENV})
+
+
+def settings_with_secrets(blob: str, environ: Mapping[str, str]) -> MultinodeSettings:
+    """Settings from ``environ``, with the secrets given apart (``secrets_blob``)."""
+    secrets = json.loads(blob) if blob else {}
+    return MultinodeSettings.from_env({**environ, **{k: str(secrets.get(k) or "") for k in SECRET_ENV}})

@@ -107,8 +107,11 @@ class DevServer:
         ui_port: int | None = DEFAULT_UI_PORT,
         db_file: Path | None = None,
         log_file: Path | None = None,
+        ui_codec_endpoint: str | None = None,
     ) -> None:
         self.port = port
+        self.ui_codec_endpoint = ui_codec_endpoint
+        """A codec server the Web UI decodes payloads with (``mn codec-server``), when they are encrypted."""
         self.ui_port = ui_port
         self.db_file = db_file
         self.log_file = log_file
@@ -124,6 +127,8 @@ class DevServer:
         cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--log-level", "warn", "--namespace", "default"]
         cmd += ["--headless"] if self.ui_port is None else ["--ui-port", str(self.ui_port)]
+        if self.ui_codec_endpoint and self.ui_port is not None:
+            cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         if self.db_file is not None:
             cmd += ["--db-filename", str(self.db_file)]
         for name in SEARCH_ATTRIBUTES:

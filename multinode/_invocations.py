@@ -112,9 +112,7 @@ async def _heartbeat_progress(client: Client, description: WorkflowExecutionDesc
     """The latest yield, from the running execution's last heartbeat (fresher than any signal)."""
     for pending in description.raw_description.pending_activities:
         if pending.activity_type.name == RUN_FUNCTION_ACTIVITY and pending.heartbeat_details.payloads:
-            values = client.data_converter.payload_converter.from_payloads(
-                list(pending.heartbeat_details.payloads), [str]
-            )
+            values = await client.data_converter.decode(list(pending.heartbeat_details.payloads), [str])
             return json.loads(values[0]) if values and values[0] else None
     return None
 

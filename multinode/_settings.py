@@ -23,6 +23,9 @@ Variable                           Meaning                                      
 ``PROFILE``                        containers' agents connect with instead of the    own connection
                                    control plane's (a credential of their own; same
                                    namespace)
+``MULTINODE_ENCRYPTION_KEYS``      Payload encryption keys, ``ID:BASE64,...``, the   none: payloads in
+                                   first encrypts (``multinode/_codec.py``); every   plain JSON
+                                   client, worker and container needs the same list
 =================================  ===============================================  =====================
 """
 
@@ -34,9 +37,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from temporalio.envconfig import ClientConfigProfile
 
+from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
 from multinode._limits import check_task_queue
 from multinode.errors import ConfigurationError
 
@@ -80,6 +84,8 @@ class MultinodeSettings(BaseModel):
     local_pool_size: int = DEFAULT_LOCAL_POOL_SIZE
     container_temporal_profile: dict[str, Any] = Field(default_factory=dict)
     """Temporal profile forwarded to containers; empty: ``temporal_profile`` itself."""
+    encryption_keys: SecretStr = SecretStr("")
+    """``MULTINODE_ENCRYPTION_KEYS`` as given (checked when loaded); empty: payloads are not encrypted."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
@@ -102,7 +108,13 @@ class MultinodeSettings(BaseModel):
             worker_wait_seconds=_float(env, "MULTINODE_WORKER_WAIT_SECONDS", DEFAULT_WORKER_WAIT_SECONDS),
             local_pool_size=_count(env, "MULTINODE_LOCAL_POOL_SIZE", DEFAULT_LOCAL_POOL_SIZE),
             container_temporal_profile=_container_profile(env, profile),
+            encryption_keys=_encryption_keys(env),
         )
+
+    def payload_codec(self) -> EncryptionCodec:
+        """The codec every Temporal client of this setting uses (without keys, it only refuses to read
+        encrypted payloads)."""
+        return EncryptionCodec(parse_keys(self.encryption_keys.get_secret_value()))
 
     @property
     def temporal_address(self) -> str:
@@ -137,6 +149,7 @@ class MultinodeSettings(BaseModel):
             "MULTINODE_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
             "MULTINODE_WORKER_WAIT_SECONDS": str(self.worker_wait_seconds),
             "MULTINODE_LOCAL_POOL_SIZE": str(self.local_pool_size),
+            ENV_ENCRYPTION_KEYS: self.encryption_keys.get_secret_value(),
         }
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
@@ -165,6 +178,12 @@ def _container_profile(env: Mapping[str, str], own: dict[str, Any]) -> dict[str,
             parameter=ENV_CONTAINER_PROFILE,
         )
     return profile
+
+
+def _encryption_keys(env: Mapping[str, str]) -> SecretStr:
+    raw = env.get(ENV_ENCRYPTION_KEYS) or ""
+    parse_keys(raw)  # checked now: a bad key fails at start, not at the first payload
+    return SecretStr(raw)
 
 
 def _absolute_tls_paths(profile: dict[str, Any]) -> None:

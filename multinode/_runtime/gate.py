@@ -19,14 +19,14 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import temporalio.api.workflowservice.v1 as wsv1
 from google.protobuf.message import DecodeError, Message
-from temporalio.api.common.v1 import Memo, Payloads, WorkflowExecution, WorkflowType
+from temporalio.api.common.v1 import Memo, Payload, Payloads, WorkflowExecution, WorkflowType
 from temporalio.api.enums.v1 import WorkflowIdConflictPolicy, WorkflowIdReusePolicy
 from temporalio.api.sdk.v1 import UserMetadata
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -111,6 +111,14 @@ class Gate:
         response = await _through_outages(method, request, retry, seconds)
         if child is not None and getattr(response, "started", False):
             self._children[request.workflow_id] = child
+        codec = self._client.data_converter.payload_codec
+        if codec is not None:  # the user process holds no key: it gets what it may read decrypted
+            payloads = list(payloads_in(response))
+            try:
+                for payload, plain in zip(payloads, await codec.decode(payloads), strict=True):
+                    payload.CopyFrom(plain)
+            except MultinodeError as exc:
+                raise RPCError(str(exc), RPCStatusCode.INTERNAL, b"") from exc
         return response.SerializeToString()
 
     async def _check(self, rpc: str, request: Any) -> tuple[Any, _Child | None]:
@@ -143,7 +151,7 @@ class Gate:
         if rpc == "start_workflow_execution":
             return await self._start(request)
         if rpc == "signal_with_start_workflow_execution":
-            return self._queueing(request), None
+            return await self._queueing(request), None
         if rpc == "signal_workflow_execution":
             target = request.workflow_execution.workflow_id
             if request.signal_name == CHILD_STARTED_SIGNAL and target == self._own:
@@ -153,7 +161,7 @@ class Gate:
                         namespace=self._client.namespace,
                         workflow_execution=WorkflowExecution(workflow_id=self._own),
                         signal_name=CHILD_STARTED_SIGNAL,
-                        input=self._encode([child]),
+                        input=await self._encode([child]),
                         identity=self._identity,
                         request_id=str(uuid.uuid4()),
                     )
@@ -209,7 +217,7 @@ class Gate:
             workflow_id=request.workflow_id,
             workflow_type=WorkflowType(name=INVOCATION_WORKFLOW),
             task_queue=TaskQueue(name=self._task_queue),
-            input=self._encode([started]),
+            input=await self._encode([started]),
             identity=self._identity,
             request_id=str(uuid.uuid4()),
             workflow_id_reuse_policy=WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
@@ -224,7 +232,7 @@ class Gate:
         )
         return fresh, _Child(started.project_name, started.function_name, started.config.max_concurrency)
 
-    def _queueing(self, request: wsv1.SignalWithStartWorkflowExecutionRequest) -> Any:
+    async def _queueing(self, request: wsv1.SignalWithStartWorkflowExecutionRequest) -> Any:
         what = f"queueing at {request.workflow_id}"
         if request.signal_name == ACQUIRE_SIGNAL:
             requests: Sequence[Any] = self._decode(request.signal_input, [SlotRequest])
@@ -247,11 +255,11 @@ class Gate:
             workflow_id=request.workflow_id,
             workflow_type=WorkflowType(name=QUOTA_WORKFLOW),
             task_queue=TaskQueue(name=self._task_queue),
-            input=self._encode([QuotaState(quota_id=request.workflow_id)]),
+            input=await self._encode([QuotaState(quota_id=request.workflow_id)]),
             identity=self._identity,
             request_id=str(uuid.uuid4()),
             signal_name=request.signal_name,
-            signal_input=self._encode([slots[0]] if request.signal_name == ACQUIRE_SIGNAL else [slots]),
+            signal_input=await self._encode([slots[0]] if request.signal_name == ACQUIRE_SIGNAL else [slots]),
         )
 
     async def _is_child(self, workflow_id: str) -> bool:
@@ -269,8 +277,9 @@ class Gate:
             return True
         return False
 
-    def _encode(self, values: list[Any]) -> Payloads:
-        return Payloads(payloads=self._client.data_converter.payload_converter.to_payloads(values))
+    async def _encode(self, values: list[Any]) -> Payloads:
+        """As the agent's own client would send them: encrypted when it has keys (the caller sent them plain)."""
+        return Payloads(payloads=await self._client.data_converter.encode(values))
 
     def _decode(self, payloads: Payloads, types: list[Any]) -> list[Any]:
         try:
@@ -296,6 +305,27 @@ async def _through_outages(method: Any, request: Any, retry: bool, seconds: floa
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, 5.0)
+
+
+def payloads_in(message: Message) -> Iterator[Payload]:
+    """Every ``Payload`` in ``message`` (at any depth, in lists and maps), to be changed in place."""
+    for field, value in message.ListFields():
+        kind = field.message_type
+        if kind is None:
+            continue
+        if kind.GetOptions().map_entry:
+            value_kind = kind.fields_by_name["value"].message_type
+            if value_kind is None:
+                continue
+            items = list(value.values())
+            kind = value_kind
+        else:
+            items = [value] if isinstance(value, Message) else list(value)
+        for item in items:
+            if kind.full_name == Payload.DESCRIPTOR.full_name:
+                yield item
+            else:
+                yield from payloads_in(item)
 
 
 def contained(query: str) -> bool:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from multinode._credentials import ENV_CREDENTIALS_FD, make_dumpable, make_undumpable, settings_with_profile
+from multinode._credentials import ENV_CREDENTIALS_FD, make_dumpable, make_undumpable, settings_with_secrets
 from multinode._protocol import ENV_CONTAINER_TASK_QUEUE, ENV_INVOCATION_ID
 from multinode._runtime import user
 from multinode._runtime.agent import run_agent, start_agent
@@ -304,7 +304,7 @@ def _container(assignments: int, task_queue: str, credentials: int) -> NoReturn:
         finally:
             os._exit(1)
     user_end.close()
-    settings = settings_with_profile(_read_all(credentials).decode(), os.environ)
+    settings = settings_with_secrets(_read_all(credentials).decode(), os.environ)
     os.close(credentials)
     make_undumpable()
     agent = start_agent(task_queue, settings, user_pid, agent_end)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from multinode.cli import _codec_cmds  # noqa: F401 - registers its commands on app
 from multinode.cli._app import app
 
 

@@ -11,13 +11,16 @@ import threading
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from multinode._settings import MultinodeSettings
+
+if TYPE_CHECKING:
+    from multinode._codec_server import CodecServer
 
 app = typer.Typer(
     name="mn",
@@ -114,24 +117,43 @@ def dev(
     from multinode._devserver import DevServer
 
     settings = _settings()
-    server = None
+    server = codec_server = None
     running = _running_temporal(settings, port)
     if running is not None:
         settings = running
         console.print(f"Using the Temporal server already running at {settings.temporal_address}.")
     else:
         settings = _at_address(settings, f"127.0.0.1:{port}")
+        codec_server = _start_codec_server(settings, ui_port)
         server = DevServer(
-            port=port, ui_port=ui_port, db_file=settings.home / "temporal.db", log_file=settings.home / "temporal.log"
+            port=port,
+            ui_port=ui_port,
+            db_file=settings.home / "temporal.db",
+            log_file=settings.home / "temporal.log",
+            ui_codec_endpoint=codec_server.url if codec_server is not None else None,
         )
         with console.status("Starting the Temporal dev server..."):
             server.start()
         console.print(f"Temporal dev server at 127.0.0.1:{port}, Web UI at http://localhost:{ui_port}")
+        if codec_server is not None:
+            console.print(f"Payloads are encrypted; the Web UI decrypts them through {codec_server.url}.")
     try:
         _serve_until_signalled(settings)
     finally:
         if server is not None:
             server.stop()
+        if codec_server is not None:
+            codec_server.stop()
+
+
+def _start_codec_server(settings: MultinodeSettings, ui_port: int) -> CodecServer | None:
+    """With encryption keys, a codec server on a free local port for the embedded Web UI."""
+    from multinode._codec_server import CodecServer
+
+    codec = settings.payload_codec()
+    if not codec.encrypts:
+        return None
+    return CodecServer(codec, origins=(f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}")).start()
 
 
 def _at_address(settings: MultinodeSettings, address: str) -> MultinodeSettings:

@@ -31,8 +31,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from multinode._credentials import ENV_CREDENTIALS_FD, credential_free_env
-from multinode._settings import ENV_TEMPORAL_PROFILE, MultinodeSettings
+from multinode._credentials import ENV_CREDENTIALS_FD, credential_free_env, secrets_blob
+from multinode._settings import MultinodeSettings
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner._local_shim import group_members, kill_tree, send_signal, start_ticks, write_json
 from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
@@ -131,7 +131,7 @@ class LocalProvisioner(Provisioner):
         env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
         env.update(credential_free_env(settings_env))
         env["PYTHONUNBUFFERED"] = "1"
-        credentials = settings_env.get(ENV_TEMPORAL_PROFILE, "")
+        credentials = secrets_blob(settings_env)
         key = hashlib.sha256(json.dumps([str(python), sorted(env.items()), credentials]).encode()).hexdigest()[:16]
         with self._templates_lock:
             template = self._templates.get(key)

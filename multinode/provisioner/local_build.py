@@ -39,7 +39,7 @@ IGNORED_NAMES = frozenset(
     {"__pycache__", ".git", ".hg", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 )
 """Folder entries left out of a stored version."""
-RUNTIME_DISTRIBUTIONS = ("temporalio", "jsonpickle", "pydantic", "python-dotenv")
+RUNTIME_DISTRIBUTIONS = ("temporalio", "jsonpickle", "pydantic", "python-dotenv", "cryptography")
 """What the container runtime imports, pinned to the control plane's versions."""
 ENV_BUILD_TIMEOUT_SECONDS = 1800
 """Longest an environment build may take."""
