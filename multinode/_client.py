@@ -49,7 +49,7 @@ async def get_client(settings: MultinodeSettings) -> Client:
     _native.track_running_loop()
     # Keys change what a client encodes and can decode: a client per key list too (hashed, not kept).
     keys = hashlib.sha256(settings.encryption_keys.get_secret_value().encode()).hexdigest()
-    key = settings.model_dump_json(include={"temporal_profile"}) + keys
+    key = settings.model_dump_json(include={"temporal_profile", "encryption_accept_plain"}) + keys
     with _clients_lock:
         pending = _clients.get(key)
         owner = pending is None

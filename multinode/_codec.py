@@ -6,8 +6,11 @@ keys, ``mn encryption-key`` makes one). The first key encrypts; every listed key
 key id each encrypted payload carries, so a key is rotated by putting a new one first and keeping the old
 ones listed until nothing still running or kept in history needs them.
 
-Payloads that are not encrypted pass through both ways: history written before encryption was turned
-on stays readable, and search attributes (which Temporal must index) are never encrypted.
+With keys, a payload read that is not encrypted is refused (someone able to write to Temporal's database
+could otherwise substitute plain data, an invocation's input say, for what a client encrypted), unless
+``MULTINODE_ENCRYPTION_ACCEPT_PLAIN=1``: for the time it takes to turn encryption on for a deployment
+whose history still holds plain payloads. Without keys, payloads go out plain. Search attributes
+(which Temporal must index) never pass through a codec.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from temporalio.converter import PayloadCodec
 from multinode.errors import ConfigurationError, MultinodeError
 
 ENV_ENCRYPTION_KEYS = "MULTINODE_ENCRYPTION_KEYS"
+ENV_ACCEPT_PLAIN = "MULTINODE_ENCRYPTION_ACCEPT_PLAIN"
 ENCODING = b"binary/encrypted"
 """The ``encoding`` metadata of an encrypted payload (the Web UI shows such payloads as encoded)."""
 KEY_ID_METADATA = "encryption-key-id"
@@ -91,10 +95,12 @@ class EncryptionCodec(PayloadCodec):
     """AES-256-GCM over whole payloads (metadata and data); the key id is the associated data, so a
     payload cannot be passed off as encrypted with another key."""
 
-    def __init__(self, keys: Sequence[EncryptionKey]) -> None:
+    def __init__(self, keys: Sequence[EncryptionKey], *, accept_plain: bool = False) -> None:
         """Without keys, payloads go out plain and an encrypted one read is refused with a clear error
-        (rather than the SDK's "Unknown payload encoding")."""
+        (rather than the SDK's "Unknown payload encoding"). With keys, a plain one read is refused unless
+        ``accept_plain``."""
         self._current = keys[0].key_id if keys else None
+        self._accept_plain = accept_plain or not keys
         if keys:  # imported here: importing the SDK without encryption does not load `cryptography`
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -122,7 +128,13 @@ class EncryptionCodec(PayloadCodec):
 
     def decrypt(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
-            return payload
+            if self._accept_plain:
+                return payload
+            raise PayloadDecryptionError(
+                f"a payload read from Temporal is not encrypted although {ENV_ENCRYPTION_KEYS} is set: it was "
+                f"written without encryption, or by someone other than Multinode. Set {ENV_ACCEPT_PLAIN}=1 "
+                "while history from before encryption is still read."
+            )
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         cipher = self._ciphers.get(key_id)
         if cipher is None and not self._ciphers:
@@ -137,10 +149,15 @@ class EncryptionCodec(PayloadCodec):
             )
         from cryptography.exceptions import InvalidTag
 
+        if len(payload.data) < NONCE_BYTES + 16:
+            raise PayloadDecryptionError(f"a payload encrypted with key {key_id!r} is truncated")
         try:
             plain = cipher.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], key_id.encode())
         except InvalidTag as exc:
             raise PayloadDecryptionError(f"a payload encrypted with key {key_id!r} failed authentication") from exc
         decrypted = Payload()
-        decrypted.ParseFromString(plain)
+        try:
+            decrypted.ParseFromString(plain)
+        except Exception as exc:  # authenticated, so written with our key: not expected
+            raise PayloadDecryptionError(f"a payload encrypted with key {key_id!r} holds no payload") from exc
         return decrypted

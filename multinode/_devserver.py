@@ -16,6 +16,7 @@ from typing import IO
 
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
+from multinode._credentials import credential_free_env
 from multinode._protocol import SEARCH_ATTRIBUTES
 from multinode.errors import MultinodeError
 
@@ -30,6 +31,11 @@ DYNAMIC_CONFIG = {
     "history.timerProcessorMaxPollRPS": "10000",
     # Lets a worker run an activity its own workflow scheduled without a round trip.
     "system.enableActivityEagerExecution": "true",
+    # Each container polls a task queue of its own: metric series per task queue would add ~450 series
+    # to the server's memory per invocation, for good.
+    "metrics.breakdownByTaskQueue": "false",
+    # ... and each such queue's matching state is kept until it has been idle this long (default 5 min).
+    "matching.MaxTaskQueueIdleTime": '"1m"',
 }
 """Dynamic config the embedded server starts with (self-hosted clusters: see the README)."""
 START_TIMEOUT_SECONDS = 60.0
@@ -153,6 +159,8 @@ class DevServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            # It needs no credential nor key, and it is an ordinary (dumpable) process of this user.
+            env=credential_free_env(os.environ),
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not port_open("127.0.0.1", self.port):

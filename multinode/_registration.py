@@ -30,6 +30,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from multinode._client import get_client
 from multinode._config import FunctionConfig
+from multinode._credentials import credential_free_env
 from multinode._limits import check_registered_names
 from multinode._protocol import FunctionRecord, Parameter, VersionRecord, VersionRegistration
 from multinode._registry import check_control_plane, check_project_name, register_version
@@ -117,7 +118,7 @@ def inspect_version(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "functions.json"
         tag = uuid.uuid4().hex
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env = {k: v for k, v in credential_free_env(os.environ).items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env[IMPORT_CHECK_TAG] = tag
         with open(Path(tmp) / "stdout", "w+") as stdout, open(Path(tmp) / "stderr", "w+") as stderr:
             process = subprocess.Popen(

@@ -26,6 +26,8 @@ Variable                           Meaning                                      
 ``MULTINODE_ENCRYPTION_KEYS``      Payload encryption keys, ``ID:BASE64,...``, the   none: payloads in
                                    first encrypts (``multinode/_codec.py``); every   plain JSON
                                    client, worker and container needs the same list
+``MULTINODE_ENCRYPTION_ACCEPT_``   ``1``: with keys, still read payloads that are    ``0``: refused
+``PLAIN``                          not encrypted (while turning encryption on)
 =================================  ===============================================  =====================
 """
 
@@ -40,7 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from temporalio.envconfig import ClientConfigProfile
 
-from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
+from multinode._codec import ENV_ACCEPT_PLAIN, ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
 from multinode._limits import check_task_queue
 from multinode.errors import ConfigurationError
 
@@ -86,6 +88,7 @@ class MultinodeSettings(BaseModel):
     """Temporal profile forwarded to containers; empty: ``temporal_profile`` itself."""
     encryption_keys: SecretStr = SecretStr("")
     """``MULTINODE_ENCRYPTION_KEYS`` as given (checked when loaded); empty: payloads are not encrypted."""
+    encryption_accept_plain: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
@@ -109,12 +112,14 @@ class MultinodeSettings(BaseModel):
             local_pool_size=_count(env, "MULTINODE_LOCAL_POOL_SIZE", DEFAULT_LOCAL_POOL_SIZE),
             container_temporal_profile=_container_profile(env, profile),
             encryption_keys=_encryption_keys(env),
+            encryption_accept_plain=_flag(env, ENV_ACCEPT_PLAIN),
         )
 
     def payload_codec(self) -> EncryptionCodec:
         """The codec every Temporal client of this setting uses (without keys, it only refuses to read
         encrypted payloads)."""
-        return EncryptionCodec(parse_keys(self.encryption_keys.get_secret_value()))
+        keys = parse_keys(self.encryption_keys.get_secret_value())
+        return EncryptionCodec(keys, accept_plain=self.encryption_accept_plain)
 
     @property
     def temporal_address(self) -> str:
@@ -150,6 +155,7 @@ class MultinodeSettings(BaseModel):
             "MULTINODE_WORKER_WAIT_SECONDS": str(self.worker_wait_seconds),
             "MULTINODE_LOCAL_POOL_SIZE": str(self.local_pool_size),
             ENV_ENCRYPTION_KEYS: self.encryption_keys.get_secret_value(),
+            ENV_ACCEPT_PLAIN: "1" if self.encryption_accept_plain else "",
         }
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
@@ -196,6 +202,15 @@ def _absolute_tls_paths(profile: dict[str, Any]) -> None:
         source = tls.get(key)
         if isinstance(source, dict) and isinstance(source.get("path"), str) and source["path"]:
             source["path"] = os.path.abspath(source["path"])
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigurationError(f"{name}={env.get(name)!r}: use 1 or 0.", parameter=name)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def codec(*keys: str) -> EncryptionCodec:
-    return EncryptionCodec(parse_keys(",".join(keys)))
+    """As `mn codec-server` builds it: plain payloads are shown as they are."""
+    return EncryptionCodec(parse_keys(",".join(keys)), accept_plain=True)
 
 
 def payloads() -> list[Payload]:

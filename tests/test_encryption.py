@@ -10,13 +10,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.api.common.v1 import Payload
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode._codec import ENV_ENCRYPTION_KEYS, new_key
+from multinode._codec import (
+    ENV_ACCEPT_PLAIN,
+    ENV_ENCRYPTION_KEYS,
+    EncryptionCodec,
+    PayloadDecryptionError,
+    new_key,
+    parse_keys,
+)
 from multinode._codec_server import CodecServer
 from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, InvocationFailedError, MultinodeError
+from tests.conftest import start_dev_server
 from tests.helpers import ThreadWorker, assert_eventually, write_tasks
 from tests.test_progress import temporal_cli
 
@@ -24,8 +33,14 @@ SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
 """Goes into arguments; every value derived from it must stay out of the raw history."""
 
 TASKS = """
+import os
 import time
 from multinode import Multinode
+
+# Imported at registration (its import check) and in every container's user process: neither may see a key.
+for name in ("MULTINODE_ENCRYPTION_KEYS", "TEMPORAL_API_KEY"):
+    if os.environ.get(name):
+        raise RuntimeError(name + " is visible to user code")
 
 mn = Multinode()
 
@@ -95,7 +110,10 @@ def test_payloads_are_opaque_in_history_and_readable_with_the_key(
     # Its status, function and project stay readable: search attributes are never encrypted.
     assert shout.get(running).status == InvocationStatus.SUCCEEDED
     # Whoever holds the key reads them through a codec server (as the Web UI does).
-    with CodecServer(keyed.payload_codec()) as server:
+    codec = EncryptionCodec(
+        parse_keys(keyed.encryption_keys.get_secret_value()), accept_plain=True
+    )  # as `mn codec-server`
+    with CodecServer(codec) as server:
         decoded = temporal_cli(keyed, "workflow", "show", "--workflow-id", failing, "--codec-endpoint", server.url)
     # Payloads show as JSON (base64 in the CLI's output): the argument, and the error in the result.
     assert _contains_base64_of(decoded, json.dumps(SECRET)) and _contains_base64_of(decoded, f"{SECRET}-error")
@@ -143,3 +161,39 @@ def test_a_malformed_key_is_refused_when_settings_load(monkeypatch: pytest.Monke
         MultinodeSettings.from_env()
     settings = MultinodeSettings.from_env({ENV_ENCRYPTION_KEYS: new_key("k")})
     assert "k:" not in repr(settings) and "k:" not in str(settings)  # the key never shows in a repr
+
+
+@pytest.mark.usefixtures("no_containers_left")
+def test_with_keys_a_plain_payload_is_refused_unless_accepted(
+    register, project_name: str, settings: MultinodeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register({"main.py": TASKS})  # by a control plane without keys: its history is plain
+    invocation_id = get_deployed_function(project_name, "shout").start("plain")
+    assert get_deployed_function(project_name, "shout").await_result(invocation_id, timeout=120) == "plain-result"
+
+    monkeypatch.setenv(ENV_ENCRYPTION_KEYS, new_key("later"))
+    with pytest.raises(MultinodeError, match=ENV_ACCEPT_PLAIN):
+        get_deployed_function(project_name, "shout").get(invocation_id)
+    monkeypatch.setenv(ENV_ACCEPT_PLAIN, "1")
+    assert get_deployed_function(project_name, "shout").get(invocation_id).result == "plain-result"
+
+
+def test_damaged_ciphertext_is_refused() -> None:
+    codec = EncryptionCodec(parse_keys(new_key("k")))
+    sealed = codec.encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"x"'))
+    assert codec.decrypt(sealed).data == b'"x"'
+    for data in (b"", sealed.data[:20], sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])):
+        damaged = Payload(metadata=dict(sealed.metadata), data=data)
+        with pytest.raises(PayloadDecryptionError):
+            codec.decrypt(damaged)
+
+
+def test_the_dev_server_process_holds_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_ENCRYPTION_KEYS, new_key("k"))
+    server = start_dev_server(ui=False)
+    try:
+        assert server.process is not None
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes()
+        assert ENV_ENCRYPTION_KEYS.encode() not in environ
+    finally:
+        server.stop()

@@ -35,6 +35,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.converter import encode_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from multinode._codec import ENCODING
 from multinode._protocol import (
     ACQUIRE_MANY_SIGNAL,
     ACQUIRE_SIGNAL,
@@ -113,12 +114,16 @@ class Gate:
             self._children[request.workflow_id] = child
         codec = self._client.data_converter.payload_codec
         if codec is not None:  # the user process holds no key: it gets what it may read decrypted
-            payloads = list(payloads_in(response))
+            encrypted = [p for p in payloads_in(response) if p.metadata.get("encoding") == ENCODING]
             try:
-                for payload, plain in zip(payloads, await codec.decode(payloads), strict=True):
+                for payload, plain in zip(encrypted, await codec.decode(encrypted), strict=True):
                     payload.CopyFrom(plain)
             except MultinodeError as exc:
-                raise RPCError(str(exc), RPCStatusCode.INTERNAL, b"") from exc
+                raise RPCError(
+                    "a payload could not be decrypted by this container's agent (see its log)",
+                    RPCStatusCode.INTERNAL,
+                    b"",
+                ) from exc
         return response.SerializeToString()
 
     async def _check(self, rpc: str, request: Any) -> tuple[Any, _Child | None]:
@@ -211,7 +216,9 @@ class Gate:
             "version": started.version_id,
             "parent_invocation": self._own,
         }
-        converter = self._client.data_converter.payload_converter
+        summary = f"{started.project_name}.{started.function_name} ({started.version_id})"
+        memo_payloads = await self._client.data_converter.encode(list(memo.values()))
+        [summary_payload] = await self._client.data_converter.encode([summary])
         fresh = wsv1.StartWorkflowExecutionRequest(
             namespace=self._client.namespace,
             workflow_id=request.workflow_id,
@@ -222,13 +229,9 @@ class Gate:
             request_id=str(uuid.uuid4()),
             workflow_id_reuse_policy=WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
             workflow_id_conflict_policy=WorkflowIdConflictPolicy.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-            memo=Memo(fields={k: converter.to_payloads([v])[0] for k, v in memo.items()}),
+            memo=Memo(fields=dict(zip(memo, memo_payloads, strict=True))),
             search_attributes=attributes,
-            user_metadata=UserMetadata(
-                summary=converter.to_payloads(
-                    [f"{started.project_name}.{started.function_name} ({started.version_id})"]
-                )[0]
-            ),
+            user_metadata=UserMetadata(summary=summary_payload),
         )
         return fresh, _Child(started.project_name, started.function_name, started.config.max_concurrency)
 

@@ -112,47 +112,61 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 def dev(
     port: Annotated[int, typer.Option(help="gRPC port of the embedded Temporal server.")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Port of the Temporal Web UI.")] = 8233,
+    codec_server: Annotated[
+        bool,
+        typer.Option(
+            "--codec-server",
+            help="With MULTINODE_ENCRYPTION_KEYS: also serve a codec server on 127.0.0.1 so that the Web UI "
+            "shows payloads decrypted (any local process could then decrypt through it).",
+        ),
+    ] = False,
 ) -> None:
     """Run the local stack: the embedded Temporal dev server (with Web UI) and a control-plane worker."""
     from multinode._devserver import DevServer
 
     settings = _settings()
-    server = codec_server = None
+    server = codec = None
     running = _running_temporal(settings, port)
     if running is not None:
         settings = running
         console.print(f"Using the Temporal server already running at {settings.temporal_address}.")
     else:
         settings = _at_address(settings, f"127.0.0.1:{port}")
-        codec_server = _start_codec_server(settings, ui_port)
+        codec = _start_codec_server(settings, ui_port) if codec_server else None
         server = DevServer(
             port=port,
             ui_port=ui_port,
             db_file=settings.home / "temporal.db",
             log_file=settings.home / "temporal.log",
-            ui_codec_endpoint=codec_server.url if codec_server is not None else None,
+            ui_codec_endpoint=codec.url if codec is not None else None,
         )
         with console.status("Starting the Temporal dev server..."):
             server.start()
         console.print(f"Temporal dev server at 127.0.0.1:{port}, Web UI at http://localhost:{ui_port}")
-        if codec_server is not None:
-            console.print(f"Payloads are encrypted; the Web UI decrypts them through {codec_server.url}.")
+        if codec is not None:
+            console.print(f"Payloads are encrypted; the Web UI decrypts them through {codec.url}.")
     try:
         _serve_until_signalled(settings)
     finally:
         if server is not None:
             server.stop()
-        if codec_server is not None:
-            codec_server.stop()
+        if codec is not None:
+            codec.stop()
 
 
-def _start_codec_server(settings: MultinodeSettings, ui_port: int) -> CodecServer | None:
-    """With encryption keys, a codec server on a free local port for the embedded Web UI."""
+def _start_codec_server(settings: MultinodeSettings, ui_port: int) -> CodecServer:
+    """A codec server on a free local port for the embedded Web UI."""
+    from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
     from multinode._codec_server import CodecServer
+    from multinode.errors import ConfigurationError
 
-    codec = settings.payload_codec()
-    if not codec.encrypts:
-        return None
+    keys = parse_keys(settings.encryption_keys.get_secret_value())
+    if not keys:
+        raise ConfigurationError(
+            f"--codec-server decrypts payloads for the Web UI: set {ENV_ENCRYPTION_KEYS} (run `mn encryption-key`).",
+            parameter=ENV_ENCRYPTION_KEYS,
+        )
+    codec = EncryptionCodec(keys, accept_plain=True)  # it only shows them
     return CodecServer(codec, origins=(f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}")).start()
 
 

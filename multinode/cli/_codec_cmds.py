@@ -55,8 +55,10 @@ def codec_server(
     """Serve Temporal's remote codec protocol so the Web UI and `temporal` CLI show decrypted payloads."""
     from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
     from multinode._codec_server import DEFAULT_ORIGINS, CodecServer
+    from multinode._credentials import make_undumpable
     from multinode.errors import ConfigurationError, MultinodeError
 
+    make_undumpable()  # it holds the keys: other processes of this user (functions' code) cannot read them
     keys = parse_keys(os.environ.get(ENV_ENCRYPTION_KEYS, ""))
     if not keys:
         raise ConfigurationError(
@@ -64,7 +66,9 @@ def codec_server(
             "run `mn encryption-key` to make one.",
             parameter=ENV_ENCRYPTION_KEYS,
         )
-    server = CodecServer(EncryptionCodec(keys), host=host, port=port, origins=web_origin or DEFAULT_ORIGINS)
+    # Plain payloads (search attributes' neighbours, history from before encryption) are shown as they are.
+    codec = EncryptionCodec(keys, accept_plain=True)
+    server = CodecServer(codec, host=host, port=port, origins=web_origin or DEFAULT_ORIGINS)
     try:
         server.start()
     except OSError as exc:

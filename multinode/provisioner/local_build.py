@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 import multinode
+from multinode._credentials import credential_free_env
 from multinode.errors import InvalidTasksFolderError, MultinodeError, ProvisionerError
 
 IGNORED_NAMES = frozenset(
@@ -293,7 +294,8 @@ class LocalVersionStore:
         shutil.rmtree(env_dir, ignore_errors=True)  # a build that was interrupted
         try:
             uv = _uv()
-            env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(env_dir)}
+            # Build scripts of the requirements run here: without Temporal credentials or payload keys.
+            env = {**credential_free_env(os.environ), "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(env_dir)}
             created = _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env, cancelled)
             if created.returncode != 0:
                 raise ProvisionerError(
