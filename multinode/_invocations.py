@@ -447,6 +447,7 @@ async def log_chunks(
     the output (CloudWatch) has its last lines by then.
     """
     offset: str | None = None
+    reading = execution_id  # the execution `offset` belongs to: the latest one, read to its end, until a retry
     state: InvocationState | None = None
     final_since: float | None = None
     while True:
@@ -458,11 +459,16 @@ async def log_chunks(
         settled = final_since is not None and time.monotonic() - final_since > DEFAULT_LOG_SETTLE_SECONDS
         ended = state.status in FINAL_STATUSES and (state.terminated or settled)
         if state.executions or execution_id is not None:
-            chunk = await read_logs(client, settings, state, execution_id, offset)
-            offset = chunk.offset
+            target = reading or state.executions[-1].execution_id
+            chunk = await read_logs(client, settings, state, target, offset)
+            offset, reading = chunk.offset, target
             if chunk.text:
                 yield chunk.text
                 continue  # there may be more right away
+            latest = state.executions[-1].execution_id if state.executions else None
+            if execution_id is None and latest is not None and latest != reading:
+                reading, offset = latest, None  # a retry started: its output, from its beginning
+                continue
         if not follow or ended:
             return
         await asyncio.sleep(poll_seconds)

@@ -48,6 +48,19 @@ def loud(lines, width):
         print(f"line {i:07d} ".ljust(width - 1, "x"))
     return lines
 
+@mn.function(max_retries=1)
+def retried(counter, count, pause):
+    import pathlib
+    path = pathlib.Path(counter)
+    attempt = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(attempt))
+    for i in range(count):
+        print(f"attempt {attempt} tick {i}", flush=True)
+        time.sleep(pause)
+    if attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return attempt
+
 @mn.function()
 def ticker(count, pause):
     for i in range(count):
@@ -166,6 +179,19 @@ def test_follow_prints_every_line_as_it_comes_and_returns_when_the_invocation_en
     assert exited - finished < 10, exited - finished
     types = workflow_types(settings)
     assert "MultinodeLogs" not in types and types.count(LOG_READER_WORKFLOW) == 1, types
+
+
+@pytest.mark.timeout(180)
+def test_follow_goes_on_to_a_retry_from_its_first_line(register, project_name: str, tmp_path: Path) -> None:
+    register({"main.py": TASKS})
+    fn = get_deployed_function(project_name, "retried")
+    invocation_id = fn.start(str(tmp_path / "attempts"), 8, 0.3)
+    done = subprocess.run([MN, "logs", "--follow", invocation_id], capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    expected = [f"attempt {a} tick {i}" for a in (1, 2) for i in range(8)]
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("attempt")] == expected, done.stdout
+    assert fn.get(invocation_id).num_failed_attempts == 1
 
 
 @pytest.mark.timeout(180)
