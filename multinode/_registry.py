@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import asdict
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -14,6 +15,7 @@ from temporalio.service import RPCError
 
 from multinode import _limits
 from multinode._client import is_not_found
+from multinode._codec import PayloadDecryptionError
 from multinode._listing import quote_query_value
 from multinode._protocol import (
     DELETE_UPDATE,
@@ -67,6 +69,7 @@ async def resolve_version(client: Client, project_name: str, version_id: str | N
     raise VersionNotFoundError(project_name, version_id)
 
 
+_log = logging.getLogger("multinode")
 LIST_DESCRIBE_CONCURRENCY = 20
 """Projects described at once by ``list_projects``."""
 
@@ -88,7 +91,11 @@ async def list_projects(client: Client) -> list[str]:
                 raise
         if description.status != WorkflowExecutionStatus.RUNNING:
             return False
-        state = await description.memo_value(REGISTRY_MEMO_KEY, None, type_hint=ProjectState)
+        try:
+            state = await description.memo_value(REGISTRY_MEMO_KEY, None, type_hint=ProjectState)
+        except PayloadDecryptionError as exc:  # a control plane with other keys shares the namespace
+            _log.warning("project %r is not listed: its registry cannot be read here (%s)", name, exc)
+            return False
         return state is not None and not state.deleted and bool(state.versions)
 
     shown = await asyncio.gather(*(registered(name) for name in sorted(names)))
