@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from multinode._devserver import DevServer
 from multinode._protocol import VersionRecord
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DevServer
+from multinode.control_plane.registration import register_async
 from multinode.errors import MultinodeError
 from multinode.provisioner.local import LocalProvisioner
 from tests.helpers import ThreadWorker, write_tasks

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from multinode._client import connect
 from multinode._registry import check_control_plane
 from multinode._settings import MultinodeSettings
-from multinode._worker import run_worker
+from multinode.control_plane.worker import run_worker
 
 T = TypeVar("T")
 

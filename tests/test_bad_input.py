@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multinode import InvocationStatus, Multinode, MultinodeSettings, get_deployed_function
-from multinode._registration import register_async
+from multinode.control_plane.registration import register_async
 from multinode.errors import (
     ControlPlaneUnavailableError,
     FunctionNotFoundError,

@@ -34,11 +34,11 @@ from typing import Any
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode._devserver import DevServer
 from multinode._handle import DeployedFunction
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation
+from multinode.control_plane.devserver import DevServer
+from multinode.control_plane.registration import register_async
 from multinode.errors import AwaitTimeoutError, InvocationError, MultinodeError
 from multinode.provisioner.local import LocalProvisioner
 from tests.conftest import start_dev_server

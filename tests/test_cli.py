@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from multinode import get_deployed_function
 from multinode._client import unreachable_error
-from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
 from multinode.cli import app
+from multinode.control_plane.devserver import DevServer
 from multinode.errors import ValidationError
 from tests.helpers import write_tasks
 

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
 from multinode._codec import ENCODING, ENV_ENCRYPTION_KEYS, KEY_ID_METADATA, EncryptionCodec, new_key, parse_keys
-from multinode._codec_server import CodecServer
+from multinode.control_plane.codec_server import CodecServer
 from multinode.errors import ConfigurationError
 from tests.conftest import free_port
 

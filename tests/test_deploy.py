@@ -26,9 +26,9 @@ import boto3
 import pytest
 import yaml
 
-from multinode._devserver import DYNAMIC_CONFIG, port_open, temporal_binary
 from multinode._protocol import SEARCH_ATTRIBUTES
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DYNAMIC_CONFIG, port_open, temporal_binary
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -705,7 +705,7 @@ def test_worker_dockerfile() -> None:
     assert "README.md" in copied  # pyproject's readme, needed to build the package
     for unwanted in (".venv", ".git", "tests", "multinode/__pycache__", "multinode/cli/__pycache__/x.pyc"):
         assert _ignored(unwanted, patterns), unwanted
-    assert not _ignored("multinode/_worker.py", patterns)
+    assert not _ignored("multinode/control_plane/worker.py", patterns)
 
 
 @pytest.mark.timeout(180)
@@ -733,6 +733,6 @@ def test_worker_build_context_builds_the_package(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("multinode-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        assert "multinode/_worker.py" in names and "multinode/cli/__init__.py" in names
+        assert "multinode/control_plane/worker.py" in names and "multinode/cli/__init__.py" in names
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "mn = multinode.cli:main" in archive.read(entry_points).decode()

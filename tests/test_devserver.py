@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from multinode import _devserver
-from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
+from multinode.control_plane import devserver as _devserver
+from multinode.control_plane.devserver import DevServer
 from multinode.errors import MultinodeError
 from tests.conftest import free_port
 from tests.helpers import assert_eventually

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
-from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DevServer
 from multinode.provisioner.local import LocalProvisioner
 from tests.conftest import start_dev_server
 from tests.helpers import ThreadWorker, assert_eventually, wait_for_worker, write_tasks
@@ -88,7 +88,7 @@ def test_restarting_the_temporal_server_loses_nothing(
         wait_for_worker(own)  # registration needs it polling
         import asyncio
 
-        from multinode._registration import register_async
+        from multinode.control_plane.registration import register_async
 
         project = f"restart-{uuid.uuid4().hex[:6]}"
         folder = write_tasks(tmp_path / "tasks", {"main.py": TASKS})
@@ -125,7 +125,7 @@ def test_finished_work_survives_a_server_outage(
     it is back (with its database) each reports its result: no attempt fails, nothing is left running."""
     import asyncio
 
-    from multinode._registration import register_async
+    from multinode.control_plane.registration import register_async
 
     monkeypatch.setenv("TEMPORAL_ADDRESS", persistent_server.address)
     own = MultinodeSettings.from_env()

@@ -21,9 +21,9 @@ from multinode._codec import (
     new_key,
     parse_keys,
 )
-from multinode._codec_server import CodecServer
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.codec_server import CodecServer
+from multinode.control_plane.registration import register_async
 from multinode.errors import ConfigurationError, InvocationFailedError, MultinodeError
 from tests.conftest import start_dev_server
 from tests.helpers import ThreadWorker, assert_eventually, write_tasks

@@ -26,6 +26,7 @@ from botocore.stub import Stubber
 from multinode import InvocationStatus, get_deployed_function
 from multinode._protocol import LOG_READER_WORKFLOW, VersionRecord
 from multinode._settings import MultinodeSettings
+from multinode.artifacts.local import LocalVersionStore
 from multinode.errors import ConfigurationError, InvocationCancelledError, ProvisionerError
 from multinode.provisioner.base import ContainerSpec, ContainerStatus
 from multinode.provisioner.fargate import (
@@ -37,7 +38,6 @@ from multinode.provisioner.fargate import (
     task_has_exited,
 )
 from multinode.provisioner.fargate_settings import DEFAULT_LOG_GROUP, FargateSettings
-from multinode.provisioner.local_build import LocalVersionStore
 from multinode.provisioner.sizing import FARGATE_SIZES, fargate_size
 from tests.aws import (  # noqa: F401 - fixtures
     REAL_AWS,
@@ -888,7 +888,7 @@ def fargate_stack(
     fake = fake_fargate(resolve)
 
     def register(files: dict[str, str]) -> VersionRecord:
-        from multinode._registration import register_async
+        from multinode.control_plane.registration import register_async
 
         folder = write_tasks(tmp_path / f"tasks-{uuid.uuid4().hex[:6]}", files)
         uri = f"123456789012.dkr.ecr.{fargate_settings.region}.amazonaws.com/multinode-test:{uuid.uuid4().hex[:12]}"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from multinode import InvocationStatus, get_deployed_function
+from multinode.artifacts.fargate_image import docker_available
+from multinode.artifacts.image import write_build_context
 from multinode.errors import ConfigurationError, InvocationFailedError, ProvisionerError
-from multinode.provisioner.fargate_image import docker_available
-from multinode.provisioner.image import write_build_context
 from tests.helpers import write_tasks
 
 TASKS = {
@@ -55,7 +55,7 @@ def test_build_context_cli(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(docker_available() is None, reason="a Docker engine is running here; this checks its absence")
 def test_register_for_fargate_without_docker_names_the_alternative(register, monkeypatch: pytest.MonkeyPatch) -> None:
-    from multinode._registration import register_async  # noqa: F401 - the fixture uses it
+    from multinode.control_plane.registration import register_async  # noqa: F401 - the fixture uses it
 
     monkeypatch.setenv("MULTINODE_ECR_REPOSITORY", "123456789012.dkr.ecr.us-east-1.amazonaws.com/multinode")
     monkeypatch.setenv("MULTINODE_AWS_REGION", "us-east-1")
@@ -73,8 +73,8 @@ def register_fargate(register, tasks: dict[str, str], image: str | None = None):
     import asyncio
     import uuid
 
-    from multinode._registration import register_async
     from multinode._settings import MultinodeSettings
+    from multinode.control_plane.registration import register_async
 
     folder = write_tasks(Path(os.environ["MULTINODE_HOME"]).parent / f"t-{uuid.uuid4().hex[:6]}", tasks)
     register(TASKS)  # the project exists and a worker polls

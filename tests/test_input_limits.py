@@ -46,9 +46,9 @@ from multinode._limits import (
 )
 from multinode._listing import quote_query_value
 from multinode._protocol import SA_PROJECT, project_workflow_id, quota_workflow_id
-from multinode._registration import register_async
 from multinode._registry import list_projects, read_project
 from multinode._serialization import decode_arguments, encode_arguments
+from multinode.control_plane.registration import register_async
 from multinode.errors import InvalidTasksFolderError, PayloadError, ProjectNotFoundError, ValidationError
 from tests.helpers import assert_eventually, write_tasks
 

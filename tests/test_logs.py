@@ -19,13 +19,13 @@ from temporalio.exceptions import ApplicationError
 
 from multinode import InvocationStatus, get_deployed_function
 from multinode._client import connect
-from multinode._devserver import DevServer
 from multinode._invocations import STICKY_FALLBACK_SECONDS, _query_log_reader
 from multinode._protocol import LOG_READER_WORKFLOW, LogsRequest
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
-from multinode._worker import build_worker
 from multinode.activities import log_reads
+from multinode.control_plane.devserver import DevServer
+from multinode.control_plane.registration import register_async
+from multinode.control_plane.worker import build_worker
 from multinode.errors import MultinodeError
 from multinode.provisioner.local import MAX_LOG_CHUNK_BYTES, LocalProvisioner
 from tests.conftest import start_dev_server

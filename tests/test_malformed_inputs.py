@@ -24,9 +24,9 @@ import pytest
 
 from multinode import Multinode, get_deployed_function
 from multinode._client import connect
-from multinode._registration import register_async
 from multinode._registry import list_projects, read_project
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.registration import register_async
 from multinode.errors import MultinodeError, NotFoundError
 from multinode.provisioner.local import LocalProvisioner
 from tests.helpers import write_tasks

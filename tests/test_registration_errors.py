@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.registration import register_async
 from multinode.errors import InvalidTasksFolderError
 from tests.helpers import write_tasks
 
@@ -244,7 +244,7 @@ def test_cli_verbose_prints_uvs_output(worker, tmp_path: Path) -> None:
 
 
 def test_uv_summary_keeps_the_reason_of_a_failed_build() -> None:
-    from multinode.provisioner.local_build import summarize_uv_error
+    from multinode.artifacts.local import summarize_uv_error
 
     output = """
 error: Failed to build `oldpkg==1.0`
@@ -265,7 +265,7 @@ error: Failed to build `oldpkg==1.0`
 
 
 def test_store_paths_are_mapped_in_every_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from multinode.provisioner.local_build import shown_paths
+    from multinode.artifacts.local import shown_paths
 
     code_dir = tmp_path / "home" / "code" / "0123abcd"
     code_dir.mkdir(parents=True)

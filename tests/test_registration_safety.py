@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 
 from multinode import get_deployed_function
-from multinode._admin import delete_project_and_invocations
 from multinode._client import get_client
 from multinode._protocol import ProjectState, VersionRecord
-from multinode._registration import register_async
 from multinode._registry import list_projects, read_project
 from multinode._settings import MultinodeSettings
+from multinode.artifacts.image import write_build_context
+from multinode.control_plane.admin import delete_project_and_invocations
+from multinode.control_plane.registration import register_async
 from multinode.errors import (
     InvalidTasksFolderError,
     ProjectNotFoundError,
     ValidationError,
     VersionNotFoundError,
 )
-from multinode.provisioner.image import write_build_context
 from tests.helpers import assert_eventually, write_tasks
 
 MN = str(Path(sys.executable).parent / "mn")
@@ -239,7 +239,7 @@ def test_a_helper_started_at_import_is_killed_and_refuses_the_version(
 def test_an_import_that_hangs_is_killed_with_its_helpers(
     settings: MultinodeSettings, worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_name: str
 ) -> None:
-    import multinode._registration as registration
+    import multinode.control_plane.registration as registration
 
     write_tasks(tmp_path / "warm", {"main.py": MAIN})
     monkeypatch.chdir(tmp_path)

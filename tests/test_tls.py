@@ -21,8 +21,8 @@ import pytest
 
 from multinode import InvocationStatus, get_deployed_function
 from multinode._client import CONNECT_TIMEOUT_SECONDS, connect
-from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DevServer
 from multinode.errors import TemporalUnreachableError
 from tests.helpers import assert_eventually, write_tasks
 from tests.tls_proxy import CLIENT_NAME, SERVER_NAME, TestPKI, TLSProxy

@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import Client
 
 from multinode import get_deployed_function
-from multinode._devserver import DevServer
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DevServer
 from multinode.errors import InvocationCancelledError
 from tests.helpers import assert_eventually
 from tests.test_progress import GUIDE_PROGRESS

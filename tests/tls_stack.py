@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from multinode._client import connect
-from multinode._devserver import DevServer
 from multinode._protocol import VersionRecord
-from multinode._registration import register_async
 from multinode._settings import MultinodeSettings
+from multinode.control_plane.devserver import DevServer
+from multinode.control_plane.registration import register_async
 from multinode.errors import TemporalUnreachableError
 from tests.helpers import ThreadWorker, assert_eventually
 from tests.tls_proxy import SERVER_NAME, TestPKI, TLSProxy, make_pki

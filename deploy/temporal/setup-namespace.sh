@@ -2,7 +2,7 @@
 # Creates the namespace and Multinode's search attributes (all Keyword) once the Temporal server
 # answers; runs in temporalio/admin-tools (service temporal-setup of docker-compose.temporal.yml).
 # Idempotent. `mn worker` also registers the search attributes at start when it may
-# (multinode/_worker.py ensure_search_attributes), so this only spares the worker that permission.
+# (multinode/control_plane/worker.py ensure_search_attributes), so this only spares the worker that permission.
 set -eu
 
 NAMESPACE="${NAMESPACE:-default}"

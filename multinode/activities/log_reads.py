@@ -20,17 +20,21 @@ start, so a chunk read again, longer by what was written since, is cut the same 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import contextmanager
+from typing import Any
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from multinode._protocol import LogsChunk, LogsRequest
+from multinode._protocol import READ_LOGS_ACTIVITY, LogsChunk, LogsRequest
+from multinode.activities.provisioning import pick_provisioner
 from multinode.provisioner import Provisioner
 
 READ_WAIT_SECONDS = 1.0
@@ -172,3 +176,21 @@ def reads_for(task_queue: str) -> LogReads:
             type="LogReadError",
         )
     return reads
+
+
+class LogActivities:
+    """The activity of the log workflows that earlier versions started (a chunk per workflow); kept so
+    that their histories still run. Reads now go through the log reader's query (above)."""
+
+    def __init__(self, provisioners: dict[str, Provisioner]) -> None:
+        self._provisioners = provisioners
+
+    @activity.defn(name=READ_LOGS_ACTIVITY)
+    async def read_logs(self, request: LogsRequest) -> LogsChunk:
+        provisioner = pick_provisioner(self._provisioners, request.provisioner)
+        handle = request.container_handle or request.execution_id
+        text, offset = await asyncio.to_thread(provisioner.logs, handle, request.offset)
+        return LogsChunk(text=text, offset=offset)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.read_logs]

@@ -1,4 +1,5 @@
-"""Control-plane activities around one container: provision, watch, deprovision.
+"""Control-plane activities around one container: provision, watch, deprovision (the quota's are in
+``quota.py``, cancelling nested invocations in ``children.py``, reading logs in ``log_reads.py``).
 
 The provisioner is synchronous (boto3 is); its calls run in threads so the worker's loop stays free.
 """
@@ -11,12 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCStatusCode
 
 from multinode._protocol import (
-    CANCEL_INVOCATIONS_ACTIVITY,
     DEPROVISION_ACTIVITY,
     ENV_CONTAINER_TASK_QUEUE,
     ENV_EXECUTION_ID,
@@ -24,27 +24,14 @@ from multinode._protocol import (
     ENV_INVOCATION_ID,
     ENV_PROJECT,
     ENV_VERSION,
-    FIND_CLOSED_ACTIVITY,
-    GRANT_SLOTS_ACTIVITY,
     PROVISION_ACTIVITY,
-    READ_LOGS_ACTIVITY,
-    RELEASE_SIGNAL,
-    RELEASE_SLOT_ACTIVITY,
-    REQUEST_SLOT_ACTIVITY,
-    SLOT_GRANTED_SIGNAL,
     WATCH_ACTIVITY,
     ContainerExit,
     ContainerHandle,
-    GrantSlotsInput,
-    LogsChunk,
-    LogsRequest,
     ProvisionInput,
-    ReleaseSlotInput,
-    RequestSlotInput,
     container_task_queue,
 )
 from multinode._settings import MultinodeSettings
-from multinode._slots import queue_at_quota
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner import ContainerSpec, Provisioner
 
@@ -68,16 +55,7 @@ class ProvisioningActivities:
         self._watch_wakers: dict[str, asyncio.Event] = {}
 
     def _provisioner(self, name: str) -> Provisioner:
-        provisioner = self._provisioners.get(name)
-        if provisioner is None:
-            # Not retried here; an invocation provisioning by local activity tries a remote one next,
-            # which any control-plane worker on the queue may take.
-            raise ApplicationError(
-                f"This control-plane worker has no {name!r} provisioner; start one with MULTINODE_PROVISIONER={name}.",
-                type="ProvisionerMissingError",
-                non_retryable=True,
-            )
-        return provisioner
+        return pick_provisioner(self._provisioners, name)
 
     @activity.defn(name=PROVISION_ACTIVITY)
     async def provision(self, request: ProvisionInput) -> ContainerHandle:
@@ -167,72 +145,6 @@ class ProvisioningActivities:
                 pass
             activity.heartbeat()
 
-    @activity.defn(name=CANCEL_INVOCATIONS_ACTIVITY)
-    async def cancel_invocations(self, invocation_ids: list[str]) -> None:
-        """Request cancellation of nested invocations; those already finished are skipped."""
-
-        async def cancel(invocation_id: str) -> None:
-            try:
-                await self._client.get_workflow_handle(invocation_id).cancel()
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-
-        await asyncio.gather(*(cancel(i) for i in invocation_ids))
-
-    @activity.defn(name=REQUEST_SLOT_ACTIVITY)
-    async def request_slot(self, request: RequestSlotInput) -> None:
-        """Ask the function's quota workflow for a slot, starting it if it is not running. (No query
-        first: a deep queue's checks would fill the quota's query buffer, and a query from a local
-        activity waits on the workflow-task slots its own workflow task holds.)"""
-        await queue_at_quota(self._client, request.quota_id, activity.info().task_queue, [request.request])
-
-    @activity.defn(name=GRANT_SLOTS_ACTIVITY)
-    async def grant_slots(self, request: GrantSlotsInput) -> list[str]:
-        """Tell each invocation it holds a slot; return those that have ended (their slot is free).
-
-        Signals sent by the client, not by the quota workflow: a workflow's signal to another costs a
-        confirmation event and a workflow task in the quota for each, which the server delivers at about
-        ten a second under load; these cost the quota one local activity per batch."""
-
-        async def grant(invocation_id: str) -> None:
-            await self._client.get_workflow_handle(invocation_id).signal(SLOT_GRANTED_SIGNAL, request.granted_at)
-
-        outcomes = await asyncio.gather(*(grant(i) for i in request.invocation_ids), return_exceptions=True)
-        ended = []
-        for invocation_id, outcome in zip(request.invocation_ids, outcomes, strict=True):
-            if isinstance(outcome, RPCError) and outcome.status in TRANSIENT_RPC_CODES:
-                raise outcome  # the whole batch again (a grant signalled twice is harmless)
-            if isinstance(outcome, BaseException):
-                # Ended meanwhile (NOT_FOUND), or it cannot take the grant for good: either way the
-                # slot goes back rather than blocking the quota on one invocation.
-                activity.logger.info("slot for %s not delivered: %s", invocation_id, outcome)
-                ended.append(invocation_id)
-        return ended
-
-    @activity.defn(name=FIND_CLOSED_ACTIVITY)
-    async def find_closed_invocations(self, invocation_ids: list[str]) -> list[str]:
-        """The invocations among these whose workflow is no longer running."""
-
-        async def closed(invocation_id: str) -> bool:
-            try:
-                description = await self._client.get_workflow_handle(invocation_id).describe()
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    return True
-                raise
-            return description.status != WorkflowExecutionStatus.RUNNING
-
-        flags = await asyncio.gather(*(closed(i) for i in invocation_ids))
-        return [i for i, is_closed in zip(invocation_ids, flags, strict=True) if is_closed]
-
-    @activity.defn(name=READ_LOGS_ACTIVITY)
-    async def read_logs(self, request: LogsRequest) -> LogsChunk:
-        provisioner = self._provisioner(request.provisioner)
-        handle = request.container_handle or request.execution_id
-        text, offset = await asyncio.to_thread(provisioner.logs, handle, request.offset)
-        return LogsChunk(text=text, offset=offset)
-
     @activity.defn(name=DEPROVISION_ACTIVITY)
     async def deprovision(self, handle: ContainerHandle) -> None:
         await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
@@ -240,27 +152,8 @@ class ProvisioningActivities:
         if waker is not None:
             waker.set()
 
-    @activity.defn(name=RELEASE_SLOT_ACTIVITY)
-    async def release_slot(self, request: ReleaseSlotInput) -> None:
-        """Give an invocation's slot back (or withdraw its request); a quota that is gone holds nothing."""
-        try:
-            await self._client.get_workflow_handle(request.quota_id).signal(RELEASE_SIGNAL, request.invocation_id)
-        except RPCError as exc:
-            if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-                raise
-
     def all(self) -> list[Callable[..., Any]]:
-        return [
-            self.provision,
-            self.watch,
-            self.deprovision,
-            self.cancel_invocations,
-            self.request_slot,
-            self.release_slot,
-            self.grant_slots,
-            self.find_closed_invocations,
-            self.read_logs,
-        ]
+        return [self.provision, self.watch, self.deprovision]
 
 
 def _last_chunk(provisioner: Provisioner, handle_id: str, max_chunks: int = 50) -> str:
@@ -272,3 +165,17 @@ def _last_chunk(provisioner: Provisioner, handle_id: str, max_chunks: int = 50) 
             break
         previous, last, offset = last, text, next_offset
     return previous + last
+
+
+def pick_provisioner(provisioners: dict[str, Provisioner], name: str) -> Provisioner:
+    """The worker's backend called ``name``; a non-retryable error when this worker has none."""
+    provisioner = provisioners.get(name)
+    if provisioner is None:
+        # Not retried here; an invocation provisioning by local activity tries a remote one next,
+        # which any control-plane worker on the queue may take.
+        raise ApplicationError(
+            f"This control-plane worker has no {name!r} provisioner; start one with MULTINODE_PROVISIONER={name}.",
+            type="ProvisionerMissingError",
+            non_retryable=True,
+        )
+    return provisioner

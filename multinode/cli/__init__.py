@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from multinode.cli import _codec_cmds  # noqa: F401 - registers its commands on app
 from multinode.cli._app import app
+
+# Each registers its commands on ``app``, after _app's own, in the order of `mn --help`.
+# isort: off
+from multinode.cli import _invocation_cmds  # noqa: F401
+from multinode.cli import _codec_cmds  # noqa: F401
+
+# isort: on
 
 
 def main() -> None:

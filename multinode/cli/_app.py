@@ -20,7 +20,7 @@ from rich.table import Table
 from multinode._settings import MultinodeSettings
 
 if TYPE_CHECKING:
-    from multinode._codec_server import CodecServer
+    from multinode.control_plane.codec_server import CodecServer
 
 app = typer.Typer(
     name="mn",
@@ -42,7 +42,7 @@ ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PR
 def _serve_until_signalled(settings: MultinodeSettings) -> None:
     """Run a control-plane worker until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly."""
     from multinode._credentials import make_undumpable
-    from multinode._worker import run_worker
+    from multinode.control_plane.worker import run_worker
 
     make_undumpable()  # it holds the Temporal credentials: user code of the same OS user cannot read them
 
@@ -122,7 +122,7 @@ def dev(
     ] = False,
 ) -> None:
     """Run the local stack: the embedded Temporal dev server (with Web UI) and a control-plane worker."""
-    from multinode._devserver import DevServer
+    from multinode.control_plane.devserver import DevServer
 
     settings = _settings()
     server = codec = None
@@ -157,7 +157,7 @@ def dev(
 def _start_codec_server(settings: MultinodeSettings, ui_port: int) -> CodecServer:
     """A codec server on a free local port for the embedded Web UI."""
     from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
-    from multinode._codec_server import CodecServer
+    from multinode.control_plane.codec_server import CodecServer
     from multinode.errors import ConfigurationError
 
     keys = parse_keys(settings.encryption_keys.get_secret_value())
@@ -179,7 +179,7 @@ def _running_temporal(settings: MultinodeSettings, port: int) -> MultinodeSettin
     one), to reuse; None when nothing listens. Another program on the local port fails at once, naming it,
     rather than after the dev server's start timeout."""
     from multinode._client import CONNECT_TIMEOUT_SECONDS, connect, is_local_address
-    from multinode._devserver import port_in_use_error, port_open
+    from multinode.control_plane.devserver import port_in_use_error, port_open
     from multinode.errors import TemporalUnreachableError
 
     candidates = [_at_address(settings, f"127.0.0.1:{port}")]
@@ -231,7 +231,7 @@ def register(
     ] = False,
 ) -> None:
     """Upload a tasks folder as a new version of a project; prints the version id."""
-    from multinode._registration import register_async
+    from multinode.control_plane.registration import register_async
     from multinode.errors import InvalidTasksFolderError
 
     try:
@@ -254,8 +254,8 @@ def build_context(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the Docker build context to.")],
 ) -> None:
     """Write the Docker build context of a version's image (for CI: `docker build OUT`); prints a tag."""
-    from multinode._registration import check_tasks_folder
-    from multinode.provisioner.image import write_build_context
+    from multinode.artifacts.image import write_build_context
+    from multinode.control_plane.registration import check_tasks_folder
 
     digest = write_build_context(check_tasks_folder(path), out)
     print(digest[:16])
@@ -287,9 +287,9 @@ def describe(
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a project (versions, functions), a function (config, recent invocations) or an invocation."""
-    from multinode._admin import get_invocation
     from multinode._client import get_client
     from multinode._registry import read_project
+    from multinode.control_plane.admin import get_invocation
 
     if target.startswith("inv-") and function is None:
         from multinode.cli._invocation_cmds import show_invocation
@@ -318,7 +318,7 @@ def describe(
 
 
 def _describe_function(project: str, latest: Any, function: str, as_json: bool) -> None:
-    from multinode._admin import list_invocations
+    from multinode.control_plane.admin import list_invocations
     from multinode.errors import FunctionNotFoundError
 
     record = latest.functions.get(function)
@@ -347,13 +347,9 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Cancel a project's in-flight invocations and remove it from the registry."""
-    from multinode._admin import delete_project_and_invocations
+    from multinode.control_plane.admin import delete_project_and_invocations
 
     if not yes:
         typer.confirm(f"Delete project {project!r} and cancel its running invocations?", abort=True)
     cancelled = _run(delete_project_and_invocations(_settings(), project))
     console.print(f"Deleted project {project!r}; cancelled {cancelled} in-flight invocation(s).")
-
-
-# Registers the invocation commands on ``app``, after the ones above (the order of `mn --help`).
-from multinode.cli import _invocation_cmds  # noqa: E402, F401

@@ -54,8 +54,8 @@ def codec_server(
 ) -> None:
     """Serve Temporal's remote codec protocol so the Web UI and `temporal` CLI show decrypted payloads."""
     from multinode._codec import ENV_ENCRYPTION_KEYS, EncryptionCodec, parse_keys
-    from multinode._codec_server import DEFAULT_ORIGINS, CodecServer
     from multinode._credentials import make_undumpable
+    from multinode.control_plane.codec_server import DEFAULT_ORIGINS, CodecServer
     from multinode.errors import ConfigurationError, MultinodeError
 
     make_undumpable()  # it holds the keys: other processes of this user (functions' code) cannot read them

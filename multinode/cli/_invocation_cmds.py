@@ -171,7 +171,7 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an invocation: status, result or error, and every execution."""
-    from multinode._admin import get_invocation
+    from multinode.control_plane.admin import get_invocation
 
     show_invocation(_run(get_invocation(_settings(), invocation_id)), as_json)
 
@@ -179,7 +179,7 @@ def get(
 @app.command()
 def cancel(invocation_id: Annotated[str, typer.Argument(help="Invocation id.")]) -> None:
     """Cancel an invocation (a no-op if it already ended)."""
-    from multinode._admin import cancel_invocation
+    from multinode.control_plane.admin import cancel_invocation
 
     _run(cancel_invocation(_settings(), invocation_id))
     console.print(f"Cancellation requested for {invocation_id}.")
@@ -194,7 +194,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List a function's invocations, newest first (50 per page)."""
-    from multinode._admin import list_invocations
+    from multinode.control_plane.admin import list_invocations
 
     page, invocations = _run(list_invocations(_settings(), project, function, offset, status))
     if as_json:
@@ -212,6 +212,6 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the invocation ends.")] = False,
 ) -> None:
     """Print what an invocation's code printed (stdout and stderr)."""
-    from multinode._admin import print_logs
+    from multinode.control_plane.admin import print_logs
 
     _run(print_logs(_settings(), invocation_id, execution, follow))

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-
-from multinode.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -70,20 +67,3 @@ class Provisioner(abc.ABC):
     def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds something
         """Release what the backend holds for this process (the local one's templates and their pools of
         unassigned containers) when the control-plane worker stops. Started containers keep running."""
-
-
-def create_provisioner(name: str, home: Path) -> Provisioner:
-    """The backend called ``name`` (``MULTINODE_PROVISIONER``)."""
-    if name == "local":
-        from multinode.provisioner.local import LocalProvisioner
-
-        return LocalProvisioner(home)
-    if name == "fargate":
-        from multinode.provisioner.fargate import FargateProvisioner
-        from multinode.provisioner.fargate_settings import FargateSettings
-
-        return FargateProvisioner(FargateSettings.from_env())
-    raise ConfigurationError(
-        f"Unknown provisioner {name!r}: set MULTINODE_PROVISIONER to 'local' or 'fargate'.",
-        parameter="MULTINODE_PROVISIONER",
-    )

@@ -33,10 +33,10 @@ from typing import Any
 
 from multinode._credentials import ENV_CREDENTIALS_FD, credential_free_env, secrets_blob
 from multinode._settings import MultinodeSettings
+from multinode.artifacts.local import LocalVersionStore
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner._local_shim import group_members, kill_tree, send_signal, start_ticks, write_json
 from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
-from multinode.provisioner.local_build import LocalVersionStore
 
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "UV_CACHE_DIR")
 MAX_LOG_CHUNK_BYTES = 1024 * 1024

@@ -113,7 +113,7 @@ def test_record_deleted_then_registered(register, project_name: str, settings: M
     """The registry of a project deleted, then registered again: its run keeps going (patch
     ``multinode-project-tombstone``) and numbering continues. ``pre_tombstone_project_deleted`` is the
     same scenario recorded before the patch, when the run ended at deletion (its first run only)."""
-    from multinode._admin import delete_project_and_invocations
+    from multinode.control_plane.admin import delete_project_and_invocations
 
     assert register({"main.py": QUEUED}).version_id == "v1"
     asyncio.run(delete_project_and_invocations(settings, project_name))

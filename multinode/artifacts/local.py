@@ -32,10 +32,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
-import multinode
 from multinode._credentials import credential_free_env
 from multinode.errors import InvalidTasksFolderError, MultinodeError, ProvisionerError
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+"""The ``multinode`` package itself (copied into each environment as its runtime)."""
 IGNORED_NAMES = frozenset(
     {"__pycache__", ".git", ".hg", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 )
@@ -245,7 +246,7 @@ class LocalVersionStore:
     def link_runtime(self) -> Path:
         """``$MULTINODE_HOME/runtime`` holds only a link to this ``multinode`` package, so a version's
         environment imports Multinode without seeing the control plane's other packages."""
-        target = Path(multinode.__file__).resolve().parent
+        target = PACKAGE_DIR
         # One folder per Multinode install: an environment keeps the runtime it was built with, and two
         # installs sharing a home do not re-point each other's link.
         install = hashlib.sha256(f"{target}\n{runtime_pins()}".encode()).hexdigest()[:12]

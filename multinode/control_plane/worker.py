@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 from multinode._client import connect
 from multinode._protocol import LOG_READER_WORKFLOW, SEARCH_ATTRIBUTES, log_reader_workflow_id
 from multinode._settings import MultinodeSettings
-from multinode.activities import ProvisioningActivities, log_reads
+from multinode.activities import all_activities, log_reads
 from multinode.provisioner import Provisioner, create_provisioner
 from multinode.workflows import InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
 
@@ -76,12 +76,11 @@ async def ensure_log_reader(client: Client, task_queue: str) -> None:
 
 def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provisioner) -> Worker:
     """The worker; it answers log reads only inside ``log_reads.serving`` (which ``run_worker`` opens)."""
-    activities = ProvisioningActivities(client, settings, {provisioner.name: provisioner})
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow],
-        activities=activities.all(),
+        activities=all_activities(client, settings, {provisioner.name: provisioner}),
         # Every running invocation holds a long watch activity here (async, cheap): the default of
         # 100 would let watches starve provisioning and deprovisioning.
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,

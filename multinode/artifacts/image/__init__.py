@@ -6,8 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import multinode
-from multinode.provisioner.local_build import IGNORED_NAMES, code_digest, runtime_pins, tasks_files
+from multinode.artifacts.local import IGNORED_NAMES, PACKAGE_DIR, code_digest, runtime_pins, tasks_files
 
 DOCKERFILE = Path(__file__).with_name("Dockerfile")
 """The Dockerfile of every version image (also at deploy/Dockerfile.tasks in the repository)."""
@@ -26,7 +25,7 @@ def write_build_context(tasks_dir: Path, out_dir: Path) -> str:
     (tasks_out / "requirements.txt").touch()  # the Dockerfile copies it even when the folder has none
     runtime = out_dir / "runtime" / "multinode"
     shutil.copytree(
-        Path(multinode.__file__).resolve().parent,
+        PACKAGE_DIR,
         runtime,
         ignore=shutil.ignore_patterns(*IGNORED_NAMES, "*.pyc"),
         dirs_exist_ok=True,

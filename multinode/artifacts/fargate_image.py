@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from multinode.artifacts.image import write_build_context
 from multinode.errors import ProvisionerError
-from multinode.provisioner.image import write_build_context
 
 DOCKER_TIMEOUT_SECONDS = 3600
 """Longest a docker build or push may take."""

@@ -35,9 +35,7 @@ from multinode._limits import check_registered_names
 from multinode._protocol import FunctionRecord, Parameter, VersionRecord, VersionRegistration
 from multinode._registry import check_control_plane, check_project_name, register_version
 from multinode._settings import MultinodeSettings
-from multinode.errors import ConfigurationError, InvalidTasksFolderError, MultinodeError, ValidationError
-from multinode.provisioner._local_shim import descendants, group_members, kill_tree, send_signal
-from multinode.provisioner.local_build import (
+from multinode.artifacts.local import (
     SUMMARY_MAX_CHARS,
     BuildCancelled,
     BuiltVersion,
@@ -45,6 +43,8 @@ from multinode.provisioner.local_build import (
     shown_paths,
     tasks_files,
 )
+from multinode.errors import ConfigurationError, InvalidTasksFolderError, MultinodeError, ValidationError
+from multinode.provisioner._local_shim import descendants, group_members, kill_tree, send_signal
 
 PROVISIONERS = ("local", "fargate")
 """Container backends a version can be registered for."""
@@ -418,7 +418,7 @@ async def _record(
 
 
 def _build_image(folder: Path, project_name: str) -> str:
-    from multinode.provisioner.fargate_image import build_and_push
+    from multinode.artifacts.fargate_image import build_and_push
 
     repository = os.environ.get("MULTINODE_ECR_REPOSITORY")
     region = next(
