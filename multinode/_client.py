@@ -223,7 +223,7 @@ def rpc_boundary(method: Callable[..., Awaitable[_T]]) -> Callable[..., Coroutin
             return await method(self, *args, **kwargs)
         except RPCError as exc:
             settings: MultinodeSettings = self.settings
-            if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            if is_unavailable(exc):
                 raise unreachable_error(settings, _short(exc)) from exc
             raise MultinodeError(f"Temporal refused the request ({exc.status.name}): {exc.message}") from exc
 
@@ -231,7 +231,35 @@ def rpc_boundary(method: Callable[..., Awaitable[_T]]) -> Callable[..., Coroutin
 
 
 def is_not_found(exc: BaseException) -> bool:
+    """NOT_FOUND: no such workflow, or (for a cancel or a signal) one that has already completed."""
     return isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Temporal is away (restarting, say): UNAVAILABLE, or the connection broke during the call."""
+    return isinstance(exc, RPCError) and (exc.status == RPCStatusCode.UNAVAILABLE or _is_transport_failure(exc))
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """No answer came: Temporal is away (``is_unreachable``), or the call's deadline passed first."""
+    return is_unreachable(exc) or (isinstance(exc, RPCError) and exc.status == RPCStatusCode.DEADLINE_EXCEEDED)
+
+
+def _is_transport_failure(exc: RPCError) -> bool:
+    # Temporal's native client reports a connection that broke during a call as UNKNOWN ("transport
+    # error"), a code that tells it from no other failure: the one place an RPC error's text is read.
+    return exc.status == RPCStatusCode.UNKNOWN and "transport" in exc.message.lower()
+
+
+def is_missing_search_attribute(exc: BaseException) -> bool:
+    """The namespace lacks a search attribute the request sets (Multinode's are not registered there)."""
+    # INVALID_ARGUMENT alone is any malformed request; the server's text names the attribute's lack
+    # ("Namespace default has no mapping defined for search attribute MultinodeProject").
+    return (
+        isinstance(exc, RPCError)
+        and exc.status == RPCStatusCode.INVALID_ARGUMENT
+        and "search attribute" in exc.message.lower()
+    )
 
 
 class _Portal:

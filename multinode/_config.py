@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -132,3 +133,8 @@ def build_function_config(
         max_retries=_check_int("max_retries", max_retries, 0, MAX_MAX_RETRIES),
         is_generator=is_generator,
     )
+
+
+OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(build_function_config).parameters if p != "is_generator")
+"""The options of ``@mn.function(...)``, as ``build_function_config`` takes them (the decorator's own
+keyword parameters must match: ``tests/test_guide_examples.py`` checks it)."""

@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.service import RPCError
 
 from multinode import _invocations, _serialization
-from multinode._client import get_client, is_not_found, rpc_boundary, run_sync
+from multinode._client import get_client, is_missing_search_attribute, is_not_found, rpc_boundary, run_sync
 from multinode._limits import check_names
 from multinode._listing import newest_first, quote_query_value
 from multinode._protocol import (
@@ -43,6 +43,7 @@ from multinode._registry import resolve_version
 from multinode._settings import MultinodeSettings
 from multinode._slots import queue_at_quota
 from multinode._types import Invocation, InvocationIdsList
+from multinode._vocabulary import InvocationStatus
 from multinode.errors import AwaitTimeoutError, ConfigurationError, FunctionNotFoundError, ValidationError
 
 MAP_QUEUE_CHUNK = 100
@@ -120,7 +121,7 @@ class DeployedFunction:
             SearchAttributePair(_keyword(SA_PROJECT), self.project_name),
             SearchAttributePair(_keyword(SA_FUNCTION), self.function_name),
             SearchAttributePair(_keyword(SA_VERSION), version.version_id),
-            SearchAttributePair(_keyword(SA_STATUS), "PENDING"),
+            SearchAttributePair(_keyword(SA_STATUS), InvocationStatus.PENDING),
         ]
         if parent:
             pairs.append(SearchAttributePair(_keyword(SA_PARENT), parent))
@@ -150,7 +151,7 @@ class DeployedFunction:
                 static_summary=f"{self.project_name}.{self.function_name} ({version.version_id})",
             )
         except RPCError as exc:
-            if "search attribute" in str(exc).lower():
+            if is_missing_search_attribute(exc):
                 raise ConfigurationError(
                     f"The Temporal namespace lacks Multinode's search attributes ({exc}). Start `mn worker` once "
                     "against it (it registers them) or create them with `temporal operator search-attribute create`."
@@ -246,7 +247,7 @@ class DeployedFunction:
         try:
             await client.get_workflow_handle(invocation_id, run_id=description.run_id).cancel()
         except RPCError as exc:
-            if "already completed" not in str(exc).lower() and "not found" not in str(exc).lower():
+            if not is_not_found(exc):  # it has just ended (or is gone)
                 raise
 
     def cancel(self, invocation_id: str) -> None:

@@ -42,7 +42,8 @@ from multinode._protocol import (
     log_reader_workflow_id,
 )
 from multinode._settings import MultinodeSettings
-from multinode._types import ErrorDetails, Execution, Invocation, InvocationStatus
+from multinode._types import ErrorDetails, Execution, Invocation
+from multinode._vocabulary import FINAL_STATUSES, ErrorType, InvocationStatus
 from multinode.errors import (
     ControlPlaneUnavailableError,
     InvocationCancelledError,
@@ -84,10 +85,11 @@ async def read_state(client: Client, invocation_id: str, settings: MultinodeSett
     description = await describe(client, invocation_id)
     handle = client.get_workflow_handle(invocation_id, run_id=description.run_id, result_type=InvocationState)
     if description.status == WorkflowExecutionStatus.COMPLETED:
-        return await handle.result()
+        completed: InvocationState = await handle.result()
+        return completed
     if description.status == WorkflowExecutionStatus.RUNNING:
         try:
-            state = await handle.query(
+            state: InvocationState = await handle.query(
                 DESCRIBE_QUERY, result_type=InvocationState, rpc_timeout=timedelta(seconds=settings.worker_wait_seconds)
             )
         except RPCError:
@@ -103,7 +105,6 @@ async def read_state(client: Client, invocation_id: str, settings: MultinodeSett
 HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT = HistoryEventFilterType.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT
 _log = logging.getLogger("multinode")
 
-FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 DEFAULT_LOG_SETTLE_SECONDS = 60.0
 """How long ``follow`` keeps reading an ended invocation's logs while its containers are being stopped."""
 
@@ -118,13 +119,14 @@ async def _heartbeat_progress(client: Client, description: WorkflowExecutionDesc
 
 
 def _state_from_description(invocation_id: str, description: WorkflowExecutionDescription) -> InvocationState:
-    status_values = description.search_attributes.get(SA_STATUS) or ["PENDING"]
+    status_values = description.search_attributes.get(SA_STATUS) or [InvocationStatus.PENDING]
     status = str(status_values[0])
     error = None
     if description.status not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
-        status = "CANCELLED" if description.status == WorkflowExecutionStatus.CANCELED else "FAILED"
+        canceled = description.status == WorkflowExecutionStatus.CANCELED
+        status = InvocationStatus.CANCELLED if canceled else InvocationStatus.FAILED
         name = description.status.name if description.status else "UNKNOWN"
-        error = ErrorInfo("WorkflowClosedError", f"The invocation's workflow ended as {name} outside Multinode.")
+        error = ErrorInfo(ErrorType.WORKFLOW_CLOSED, f"The invocation's workflow ended as {name} outside Multinode.")
     attrs = description.search_attributes
     parent = (attrs.get("MultinodeParentInvocation") or [None])[0]
     return InvocationState(
@@ -170,10 +172,12 @@ async def await_state(
         if closed.HasField("workflow_execution_completed_event_attributes"):
             # The close event the long poll returned holds the result: no second round trip for it.
             payloads = closed.workflow_execution_completed_event_attributes.result.payloads
-            [state] = await client.data_converter.decode(payloads, [InvocationState])
-            return state  # type: ignore[no-any-return]
+            [decoded] = await client.data_converter.decode(payloads, [InvocationState])
+            assert isinstance(decoded, InvocationState)
+            return decoded
     try:
-        return await handle.result()
+        result: InvocationState = await handle.result()
+        return result
     except WorkflowFailureError:
         return _state_from_description(invocation_id, await describe(client, invocation_id))
 
@@ -333,15 +337,15 @@ def to_invocation(state: InvocationState) -> Invocation:
 def outcome(state: InvocationState) -> Any:
     """The result of a finished invocation, or the error that says how it ended."""
     status = state.status
-    if status == "SUCCEEDED":
+    if status == InvocationStatus.SUCCEEDED:
         return _decode_result(state.result)
-    if status == "CANCELLED":
+    if status == InvocationStatus.CANCELLED:
         raise InvocationCancelledError(
             f"Invocation {state.invocation_id} was cancelled.", invocation_id=state.invocation_id
         )
-    if status == "TIMED_OUT":
+    if status == InvocationStatus.TIMED_OUT:
         raise InvocationTimedOutError(f"Invocation {state.invocation_id} timed out.", invocation_id=state.invocation_id)
-    error = state.error or ErrorInfo("Error", "unknown error")
+    error = state.error or ErrorInfo(ErrorType.ERROR, "unknown error")
     raise InvocationFailedError(
         f"Invocation {state.invocation_id} of {state.function_name} failed: {error.type}: {error.message}"
         + (f"\nRemote traceback:\n{error.traceback}" if error.traceback else ""),
@@ -388,7 +392,7 @@ async def _query_log_reader(client: Client, settings: MultinodeSettings, request
     started = False
     while True:
         try:
-            chunk = await reader.query(
+            chunk: LogsChunk = await reader.query(
                 READ_LOGS_QUERY,
                 request,
                 result_type=LogsChunk,

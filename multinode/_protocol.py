@@ -131,7 +131,7 @@ class InvocationInput:
 
 @dataclass
 class ErrorInfo:
-    type: str
+    type: str  # an ErrorType (multinode._vocabulary), or the class name of the user's error
     message: str
     traceback: str | None = None
 
@@ -140,7 +140,7 @@ class ErrorInfo:
 class ExecutionState:
     execution_id: str
     attempt: int
-    status: str
+    status: str  # an InvocationStatus (multinode._vocabulary)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
@@ -155,7 +155,7 @@ class InvocationState:
     project_name: str
     version_id: str
     function_name: str
-    status: str
+    status: str  # an InvocationStatus (multinode._vocabulary)
     created_at: datetime
     parent_invocation_id: str | None = None
     provisioner: str = "local"
@@ -229,7 +229,7 @@ class RunOutput:
 
 @dataclass
 class InterruptInput:
-    reason: str  # "cancelled" or "timed_out"
+    reason: str  # an InterruptReason (multinode._vocabulary)
 
 
 # --- concurrency quotas -----------------------------------------------------------------------

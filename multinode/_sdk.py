@@ -6,9 +6,9 @@ import difflib
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from multinode._config import (
     DEFAULT_CPU,
@@ -16,6 +16,7 @@ from multinode._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MEMORY,
     DEFAULT_TIMEOUT,
+    OPTIONS,
     FunctionConfig,
     build_function_config,
 )
@@ -29,21 +30,31 @@ from multinode.errors import ConfigurationError, ValidationError
 _instances: list[Multinode] = []
 
 
-class Function:
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R")
+Y = TypeVar("Y")
+
+
+class Function(Generic[P, T, R]):
     """A function decorated with ``@mn.function()``.
 
     Calling it runs it here, unchanged. Its handle methods (``.start``, ``.get``, ...) act on the
     registered project: inside an invocation, the version that runs it; elsewhere, the latest.
+
+    Typed after the decorated function: ``P`` its parameters, ``T`` what calling it returns, ``R`` an
+    invocation's result (``T`` itself, or for a generator the type it yields: its last yield is the
+    result), so that ``fn.start(...)``, ``fn.call_remote(...)`` and ``fn.map(...)`` are checked.
     """
 
-    def __init__(self, fn: Callable[..., Any], config: FunctionConfig, owner: Multinode) -> None:
+    def __init__(self, fn: Callable[P, T], config: FunctionConfig, owner: Multinode) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name: str = fn.__name__
         self.config = config
         self._owner = owner
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -66,11 +77,11 @@ class Function:
         version = os.environ.get(ENV_VERSION) if same_project else None
         return DeployedFunction(project, self.name, version, settings=self._owner.settings)
 
-    # The handle methods, delegated (kept explicit so they show in help() and IDEs).
-    def start(self, *args: Any, **kwargs: Any) -> str:
+    # The handle methods, delegated (kept explicit so they show in help() and IDEs, typed after the function).
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.deployed().start(*args, **kwargs)
 
-    async def start_async(self, *args: Any, **kwargs: Any) -> str:
+    async def start_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return await self.deployed().start_async(*args, **kwargs)
 
     def get(self, invocation_id: str) -> Invocation:
@@ -91,17 +102,21 @@ class Function:
     async def list_async(self, offset: str | None = None) -> InvocationIdsList:
         return await self.deployed().list_async(offset)
 
-    def await_result(self, invocation_id: str, timeout: float | None = None) -> Any:
-        return self.deployed().await_result(invocation_id, timeout)
+    def await_result(self, invocation_id: str, timeout: float | None = None) -> R:
+        result: R = self.deployed().await_result(invocation_id, timeout)
+        return result
 
-    async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> Any:
-        return await self.deployed().await_result_async(invocation_id, timeout)
+    async def await_result_async(self, invocation_id: str, timeout: float | None = None) -> R:
+        result: R = await self.deployed().await_result_async(invocation_id, timeout)
+        return result
 
-    def call_remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self.deployed().call_remote(*args, **kwargs)
+    def call_remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.deployed().call_remote(*args, **kwargs)
+        return result
 
-    async def call_remote_async(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.deployed().call_remote_async(*args, **kwargs)
+    async def call_remote_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = await self.deployed().call_remote_async(*args, **kwargs)
+        return result
 
     def logs(self, invocation_id: str, execution_id: str | None = None) -> str:
         return self.deployed().logs(invocation_id, execution_id)
@@ -109,17 +124,33 @@ class Function:
     async def logs_async(self, invocation_id: str, execution_id: str | None = None) -> str:
         return await self.deployed().logs_async(invocation_id, execution_id)
 
-    def map(self, iterable: Iterable[Any]) -> Any:
+    # The arguments of .map/.starmap cannot be checked against P (an iterable of single arguments or of
+    # argument tuples); their results are typed.
+    def map(self, iterable: Iterable[Any]) -> Iterator[R]:
         return self.deployed().map(iterable)
 
-    def map_async(self, iterable: Iterable[Any]) -> Any:
+    def map_async(self, iterable: Iterable[Any]) -> AsyncIterator[R]:
         return self.deployed().map_async(iterable)
 
-    def starmap(self, iterable: Iterable[Iterable[Any]]) -> Any:
+    def starmap(self, iterable: Iterable[Iterable[Any]]) -> Iterator[R]:
         return self.deployed().starmap(iterable)
 
-    def starmap_async(self, iterable: Iterable[Iterable[Any]]) -> Any:
+    def starmap_async(self, iterable: Iterable[Iterable[Any]]) -> AsyncIterator[R]:
         return self.deployed().starmap_async(iterable)
+
+
+class _Decorator(Protocol):
+    """What ``mn.function(...)`` returns: a generator function's (annotated ``Iterator[Y]`` or
+    ``Generator[Y, ...]``) result type is what it yields."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Generator[Y, Any, Any]]) -> Function[P, Generator[Y, Any, Any], Y]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, Iterator[Y]]) -> Function[P, Iterator[Y], Y]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Function[P, T, T]: ...
 
 
 class Multinode:
@@ -132,7 +163,7 @@ class Multinode:
     def __init__(self, project_name: str | None = None, *, settings: MultinodeSettings | None = None) -> None:
         self.project_name = project_name
         self.settings = settings
-        self.functions: dict[str, Function] = {}
+        self.functions: dict[str, Function[..., Any, Any]] = {}
         _instances.append(self)
 
     def function(
@@ -145,22 +176,21 @@ class Multinode:
         timeout: timedelta = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         **unknown: Any,
-    ) -> Callable[[Callable[..., Any]], Function]:
+    ) -> _Decorator:
         """Declare an asynchronous task; every option is checked here, at decoration time."""
         if unknown:
-            options = ("cpu", "memory", "max_concurrency", "timeout", "max_retries")
             name = next(iter(unknown))
-            close = difflib.get_close_matches(name, options, n=1)
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
             raise ValidationError(
                 f"@mn.function has no option {name!r}.{f' Did you mean {close[0]}?' if close else ''} "
-                f"Its options are {', '.join(options)}."
+                f"Its options are {', '.join(OPTIONS)}."
             )
         if _fn is not None:
             raise ValidationError(
                 "@mn.function takes keyword options only. Did you forget parentheses? Write @mn.function()."
             )
 
-        def decorate(fn: Callable[..., Any]) -> Function:
+        def decorate(fn: Callable[..., Any]) -> Function[..., Any, Any]:
             if isinstance(fn, (staticmethod, classmethod)):
                 inner = fn.__func__
                 raise ValidationError(
@@ -191,11 +221,11 @@ class Multinode:
             check_function_name(fn.__name__)
             if fn.__name__ in self.functions:
                 raise ValidationError(f"Two functions are named {fn.__name__!r}; function names must be unique.")
-            function = Function(fn, config, self)
+            function: Function[..., Any, Any] = Function(fn, config, self)
             self.functions[fn.__name__] = function
             return function
 
-        return decorate
+        return cast(_Decorator, decorate)
 
 
 def _check_definition(fn: Callable[..., Any]) -> None:
@@ -224,9 +254,9 @@ def _check_definition(fn: Callable[..., Any]) -> None:
         )
 
 
-def declared_functions() -> dict[str, Function]:
+def declared_functions() -> dict[str, Function[..., Any, Any]]:
     """Every function declared by any ``Multinode`` instance in this process."""
-    found: dict[str, Function] = {}
+    found: dict[str, Function[..., Any, Any]] = {}
     for instance in _instances:
         for name, function in instance.functions.items():
             if name in found and found[name] is not function:

@@ -86,7 +86,8 @@ def stand_in(path: str) -> type | None:
     import pandas as pd
 
     if name.endswith("Index") and _missing(pd, name):
-        return pd.Index
+        index: type = pd.Index
+        return index
     return None
 
 

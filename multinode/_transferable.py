@@ -124,7 +124,9 @@ def _object_state(value: Any) -> Iterable[tuple[str, Any]]:
         except Exception:
             return []  # jsonpickle reports it
         return _state_parts(state)
-    if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
+    # Compared as objects: whether the class overrides object's own (mypy sees unrelated signatures).
+    overrides: tuple[object, object] = (cls.__reduce_ex__, cls.__reduce__)
+    if overrides[0] is not object.__reduce_ex__ or overrides[1] is not object.__reduce__:
         if isinstance(value, (dict, *_CONTAINERS)) and cls in (dict, *_CONTAINERS):
             return []  # the items are walked already
         try:

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from multinode._vocabulary import InvocationStatus
 
-class InvocationStatus(str, enum.Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    CANCELLING = "CANCELLING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_FINAL = frozenset(
-    {InvocationStatus.SUCCEEDED, InvocationStatus.FAILED, InvocationStatus.CANCELLED, InvocationStatus.TIMED_OUT}
-)
+__all__ = ["ErrorDetails", "Execution", "Invocation", "InvocationIdsList", "InvocationStatus"]
 
 
 @dataclass(frozen=True)

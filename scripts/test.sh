@@ -12,4 +12,5 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
     echo "note: could not install chromium (apt-get install chromium); tests/test_web_ui.py will be skipped" >&2
   fi
 fi
+bash scripts/lint.sh
 exec .venv/bin/python -m pytest "$@"

@@ -403,13 +403,19 @@ def test_an_interrupted_registration_leaves_nothing_behind(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ.copy(),
+        # On a hang, SIGABRT makes it print every thread's stack (to tell where it waits).
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     try:
         assert_eventually(marker.exists, timeout=90, message="the import check started")
         assert stored(settings) != before  # the copy and the environment exist now
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, stacks = process.communicate(timeout=30)
+            raise AssertionError(f"`mn register` did not end within 30 s of SIGINT; its threads:\n{stacks}") from None
     finally:
         process.kill()
         process.wait()

@@ -43,6 +43,7 @@ from multinode._runtime.gate import Gate
 from multinode._runtime.pacer import ProgressPacer
 from multinode._serialization import MAX_PAYLOAD_CHARS
 from multinode._settings import MultinodeSettings
+from multinode._vocabulary import ErrorType, InterruptReason, user_error_type
 from multinode.errors import TemporalUnreachableError
 
 HEARTBEAT_INTERVAL_SECONDS = 0.25
@@ -244,13 +245,15 @@ class AgentActivities:
 
     def _interruption_error(self) -> ApplicationError:
         assert self._run is not None
-        if self.interrupted == "timed_out":
+        if self.interrupted == InterruptReason.TIMED_OUT:
             return ApplicationError(
                 f"The invocation timed out after {self._run.timeout_seconds:g} s.",
-                type="InvocationTimedOutError",
+                type=ErrorType.INVOCATION_TIMED_OUT,
                 non_retryable=True,
             )
-        return ApplicationError("The invocation was cancelled.", type="InvocationCancelledError", non_retryable=True)
+        return ApplicationError(
+            "The invocation was cancelled.", type=ErrorType.INVOCATION_CANCELLED, non_retryable=True
+        )
 
     def _outcome(self) -> RunOutput:
         if self.interrupted is not None:
@@ -259,15 +262,13 @@ class AgentActivities:
         if link.outcome is None:
             raise ApplicationError(
                 f"The function's process {link.exited or 'ended'} before it returned or raised; see `mn logs`.",
-                type="ProcessExitedError",
+                type=ErrorType.PROCESS_EXITED,
                 non_retryable=True,
             )
         header, body = link.outcome
         error = header.get("error")
         if isinstance(error, dict):
-            kind = str(error.get("type") or "Exception")
-            if kind in ("InvocationCancelledError", "InvocationTimedOutError"):
-                kind = f"multinode.errors.{kind}"  # only the agent, which interrupted it, reports those
+            kind = user_error_type(str(error.get("type") or ErrorType.EXCEPTION))  # agent-only types: the agent's
             raise ApplicationError(
                 str(error.get("message", ""))[:MAX_ERROR_CHARS],
                 str(error.get("traceback", ""))[-MAX_ERROR_CHARS:],
@@ -277,14 +278,14 @@ class AgentActivities:
         if len(body) > MAX_PAYLOAD_CHARS:
             raise ApplicationError(
                 f"The result takes {len(body):,} characters, over the limit of {MAX_PAYLOAD_CHARS:,}.",
-                type="PayloadError",
+                type=ErrorType.PAYLOAD,
                 non_retryable=True,
             )
         try:
             return RunOutput(result=json.loads(body))
         except (ValueError, RecursionError) as exc:
             raise ApplicationError(
-                "The function's process reported a result that is not JSON.", type="PayloadError", non_retryable=True
+                "The function's process reported a result that is not JSON.", type=ErrorType.PAYLOAD, non_retryable=True
             ) from exc
 
     def _done(self) -> bool:
@@ -296,7 +297,7 @@ class AgentActivities:
 
     def _timed_out(self) -> None:
         assert self._run is not None
-        self._interrupt("timed_out")
+        self._interrupt(InterruptReason.TIMED_OUT)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self._run.grace_period_seconds, self._grace_over.set))
         self._timers.append(loop.call_later(self._run.grace_period_seconds, self._wake_all))
@@ -317,7 +318,7 @@ class AgentActivities:
             link.send({"op": "run", "input": asdict(run)})
             self._timers.append(loop.call_later(run.timeout_seconds, self._timed_out))
         elif run.execution_id != self._run.execution_id:
-            raise ApplicationError("This container runs another execution.", type="WrongContainerError")
+            raise ApplicationError("This container runs another execution.", type=ErrorType.WRONG_CONTAINER)
         else:
             log("the workflow asked for this execution again (Temporal was away when it was reported)")
         pacer = ProgressPacer(self.client, run)
@@ -335,7 +336,7 @@ class AgentActivities:
                 except asyncio.TimeoutError:
                     pass
         except asyncio.CancelledError:
-            self._interrupt("cancelled")
+            self._interrupt(InterruptReason.CANCELLED)
             deadline = loop.time() + run.grace_period_seconds
             while not self._done() and loop.time() < deadline:
                 # Keep heartbeating: the grace period may be longer than the heartbeat timeout.

@@ -35,6 +35,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.converter import encode_search_attributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from multinode._client import is_unreachable
 from multinode._codec import ENCODING
 from multinode._protocol import (
     ACQUIRE_MANY_SIGNAL,
@@ -54,6 +55,7 @@ from multinode._protocol import (
     quota_workflow_id,
 )
 from multinode._registry import resolve_version
+from multinode._vocabulary import InvocationStatus
 from multinode.errors import MultinodeError
 
 _QUERY_CHARACTERS = frozenset("_ \t\n=<>!,.")
@@ -204,7 +206,7 @@ class Gate:
                     SearchAttributePair(SearchAttributeKey.for_keyword(SA_PROJECT), started.project_name),
                     SearchAttributePair(SearchAttributeKey.for_keyword(SA_FUNCTION), started.function_name),
                     SearchAttributePair(SearchAttributeKey.for_keyword(SA_VERSION), started.version_id),
-                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_STATUS), "PENDING"),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(SA_STATUS), InvocationStatus.PENDING),
                     SearchAttributePair(SearchAttributeKey.for_keyword(SA_PARENT), self._own),
                 ]
             ),
@@ -301,10 +303,7 @@ async def _through_outages(method: Any, request: Any, retry: bool, seconds: floa
             response: Message = await method(request, retry=retry, timeout=timedelta(seconds=seconds))
             return response
         except RPCError as exc:
-            away = exc.status == RPCStatusCode.UNAVAILABLE or (
-                exc.status == RPCStatusCode.UNKNOWN and "transport" in exc.message.lower()
-            )
-            if not away or time.monotonic() + pause > deadline:
+            if not is_unreachable(exc) or time.monotonic() + pause > deadline:
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, 5.0)

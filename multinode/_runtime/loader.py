@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
 
@@ -14,7 +15,7 @@ TASKS_MODULE = "main"
 """The module of a tasks folder that declares its functions."""
 
 
-def load_tasks(code_dir: Path) -> dict[str, Function]:
+def load_tasks(code_dir: Path) -> dict[str, Function[..., Any, Any]]:
     """Import ``main.py`` of ``code_dir`` and return its declared functions by name."""
     env_file = code_dir / ".env"
     if env_file.is_file():

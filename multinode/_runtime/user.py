@@ -35,6 +35,7 @@ from multinode._runtime.channel import Channel, ChannelClosed
 from multinode._runtime.loader import load_tasks
 from multinode._sdk import Function
 from multinode._settings import MultinodeSettings
+from multinode._vocabulary import ErrorType, InterruptReason, user_error_type
 from multinode.errors import InvocationCancelledError, InvocationTimedOutError, PayloadError
 
 PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
@@ -46,8 +47,6 @@ MAX_ERROR_MESSAGE_CHARS = 10_000
 MAX_TRACEBACK_CHARS = 100_000
 """An error's traceback keeps its last this many characters."""
 INTERRUPT_SIGNAL = signal.SIGUSR1
-RESERVED_ERROR_TYPES = ("InvocationCancelledError", "InvocationTimedOutError")
-"""Error types only the agent may report (it alone knows whether it interrupted the call)."""
 
 
 def _log(message: str) -> None:
@@ -64,7 +63,7 @@ class Runner:
         self._in_user_code = False
         self._pending: BaseException | None = None
         self.interrupted: str | None = None
-        self.functions: dict[str, Function] = {}
+        self.functions: dict[str, Function[..., Any, Any]] = {}
         self.load_error: BaseException | None = None
         self._progress_at = 0.0
         self._timeout_seconds = 0.0
@@ -80,7 +79,7 @@ class Runner:
             if self.interrupted is not None:
                 return
             self.interrupted = reason
-            if reason == "cancelled":
+            if reason == InterruptReason.CANCELLED:
                 self._pending = InvocationCancelledError()
             else:
                 self._pending = InvocationTimedOutError(f"The invocation timed out after {timeout_seconds:g} s.")
@@ -188,7 +187,7 @@ def describe_error(exc: BaseException) -> dict[str, str]:
     try:
         return _describe_error(exc)
     except BaseException:  # noqa: BLE001 - an exception hostile enough to break even this: say what we can
-        return {"type": "Exception", "message": "<an exception that could not be described>", "traceback": ""}
+        return {"type": ErrorType.EXCEPTION, "message": "<an exception that could not be described>", "traceback": ""}
 
 
 def _describe_error(exc: BaseException) -> dict[str, str]:
@@ -199,9 +198,9 @@ def _describe_error(exc: BaseException) -> dict[str, str]:
     except BaseException:  # noqa: BLE001 - a class with broken attributes still has a name
         name = type.__repr__(cls)
     if cls is PayloadError or PayloadError in cls.__mro__:  # not isinstance: __class__ may be a trap
-        name = "PayloadError"
-    elif name in RESERVED_ERROR_TYPES:
-        name = f"multinode.errors.{name}"
+        name = ErrorType.PAYLOAD
+    else:
+        name = user_error_type(name)  # only the agent may report an agent-only type (it knows it interrupted)
     message = _safe_text(lambda: str(exc), None)
     if message is None:
         message = _safe_text(lambda: f"(str() failed) {exc!r}", None) or f"<{name}: str() and repr() failed>"

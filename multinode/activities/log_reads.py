@@ -34,6 +34,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from multinode._protocol import READ_LOGS_ACTIVITY, LogsChunk, LogsRequest
+from multinode._vocabulary import ErrorType
 from multinode.activities.provisioning import pick_provisioner
 from multinode.provisioner import Provisioner
 
@@ -67,7 +68,7 @@ class LogReads:
             raise ApplicationError(
                 f"This control-plane worker has no {request.provisioner!r} provisioner; start one with "
                 f"MULTINODE_PROVISIONER={request.provisioner}.",
-                type="ProvisionerMissingError",
+                type=ErrorType.PROVISIONER_MISSING,
             )
         handle = request.container_handle or request.execution_id
         base, skip = _parse_offset(request.offset)
@@ -81,7 +82,7 @@ class LogReads:
             self._forget(key, future)
             raise ApplicationError(
                 f"Reading the output of execution {request.execution_id} failed: {type(exc).__name__}: {exc}",
-                type="LogReadError",
+                type=ErrorType.LOG_READ,
             ) from exc
         rest = text[skip:]
         part = fitting_prefix(rest, MAX_ANSWER_TEXT_BYTES)
@@ -102,7 +103,7 @@ class LogReads:
             if len(self._reads) >= MAX_KEPT_READS:
                 raise ApplicationError(
                     f"This control-plane worker already has {MAX_KEPT_READS} log reads in flight; try again later.",
-                    type="LogReadError",
+                    type=ErrorType.LOG_READ,
                 )
             future = self._executor.submit(provisioner.logs, handle, offset)
             self._reads[key] = (now, future)
@@ -173,7 +174,7 @@ def reads_for(task_queue: str) -> LogReads:
         raise ApplicationError(
             f"This control-plane worker does not serve log reads of task queue {task_queue!r} (it was not "
             "started by `mn dev` or `mn worker`).",
-            type="LogReadError",
+            type=ErrorType.LOG_READ,
         )
     return reads
 

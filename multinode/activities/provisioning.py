@@ -32,6 +32,7 @@ from multinode._protocol import (
     container_task_queue,
 )
 from multinode._settings import MultinodeSettings
+from multinode._vocabulary import ContainerState, ErrorType, is_resource_limit_exit
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner import ContainerSpec, Provisioner
 
@@ -84,9 +85,9 @@ class ProvisioningActivities:
             handle_id = await asyncio.to_thread(provisioner.start, spec)
         except VersionNotStoredError as exc:
             # Retryable: another control-plane worker on this queue may have the version.
-            raise ApplicationError(str(exc), type="VersionNotStoredError") from exc
+            raise ApplicationError(str(exc), type=ErrorType.VERSION_NOT_STORED) from exc
         except ProvisionerError as exc:
-            raise ApplicationError(str(exc), type="ProvisionerError", non_retryable=True) from exc
+            raise ApplicationError(str(exc), type=ErrorType.PROVISIONER, non_retryable=True) from exc
         return ContainerHandle(
             provisioner=request.provisioner,
             execution_id=request.execution_id,
@@ -130,9 +131,9 @@ class ProvisioningActivities:
     ) -> ContainerExit:
         while True:
             status = await asyncio.to_thread(provisioner.status, handle.handle_id)
-            if status.state == "exited":
+            if status.state == ContainerState.EXITED:
                 reason = status.reason
-                if status.exit_code not in (0, None) or "memory" in reason:
+                if status.exit_code not in (0, None) or is_resource_limit_exit(reason):
                     logs = await asyncio.to_thread(_last_chunk, provisioner, handle.handle_id)
                     tail = "\n".join(logs.strip().splitlines()[-LOG_LINES_IN_EXIT_REASON:])
                     if tail:
@@ -175,7 +176,7 @@ def pick_provisioner(provisioners: dict[str, Provisioner], name: str) -> Provisi
         # which any control-plane worker on the queue may take.
         raise ApplicationError(
             f"This control-plane worker has no {name!r} provisioner; start one with MULTINODE_PROVISIONER={name}.",
-            type="ProvisionerMissingError",
+            type=ErrorType.PROVISIONER_MISSING,
             non_retryable=True,
         )
     return provisioner

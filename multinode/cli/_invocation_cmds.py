@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand, TyperOption
 
+from multinode._vocabulary import InvocationStatus
 from multinode.cli._app import (
     JsonOpt,
     ProjectOpt,
@@ -103,7 +104,7 @@ def invoke(
     out = err_console if as_json else console  # with --json, stdout holds only the JSON
     out.print(f"Invocation {invocation_id}")
     last_status = None
-    with out.status("PENDING") as status:
+    with out.status(InvocationStatus.PENDING.value) as status:
         while True:
             inv = fn.get(invocation_id)
             text = f"{inv.status.value}" + (f"  progress: {inv.result!r}" if inv.result is not None else "")
@@ -115,7 +116,7 @@ def invoke(
                 break
             time.sleep(0.5)
     show_invocation(inv, as_json)
-    if inv.status.value != "SUCCEEDED":
+    if inv.status != InvocationStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from multinode import _invocations
-from multinode._client import get_client
+from multinode._client import get_client, is_not_found
 from multinode._handle import list_page
 from multinode._limits import check_names
 from multinode._listing import quote_query_value
@@ -36,7 +36,7 @@ async def _cancel_quietly(client: Client, invocation_id: str) -> None:
     try:
         await client.get_workflow_handle(invocation_id).cancel()
     except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND and "already completed" not in str(exc).lower():
+        if not is_not_found(exc):  # NOT_FOUND: gone, or it has just ended
             raise
 
 

@@ -11,7 +11,7 @@ AWS server errors, network errors) propagate as they are, so the calling activit
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
@@ -102,7 +102,7 @@ def _client_error(settings: FargateSettings, operation: str, exc: ClientError) -
     message = str(exc.response.get("Error", {}).get("Message") or exc)
     where = f"region {settings.region}"
     if code in _TRANSIENT_CODES or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
-        return exc  # still failing after botocore's retries: let the activity retry later
+        return cast(Exception, exc)  # still failing after botocore's retries: let the activity retry later
     if code == "ClusterNotFoundException":
         return ProvisionerError(
             f"ECS cluster {settings.cluster!r} not found in {where}: set MULTINODE_ECS_CLUSTER to an "

@@ -11,6 +11,7 @@ import re
 import signal
 from typing import Any
 
+from multinode._vocabulary import ContainerState, ExitReason
 from multinode.provisioner.base import ContainerStatus
 
 _EXIT_CODE = re.compile(r"exit code:?\s*(-?\d+)", re.IGNORECASE)
@@ -41,9 +42,11 @@ def stopped_task_status(task: dict[str, Any], container_name: str) -> ContainerS
     if "OutOfMemoryError" in container_reason or "OutOfMemoryError" in stopped_reason:
         memory = task.get("memory") or (task.get("overrides") or {}).get("memory")
         limit = f"the task's {memory} MiB" if memory else "the task's memory"
-        summary = f"out of memory: the container went over {limit}; raise `memory` in @mn.function"
+        summary = ExitReason.OUT_OF_MEMORY.with_details(
+            f"the container went over {limit}; raise `memory` in @mn.function"
+        )
     elif exit_code is not None:
-        summary = "exited normally" if exit_code == 0 else f"exited with code {exit_code}"
+        summary = ExitReason.EXITED_NORMALLY.value if exit_code == 0 else f"exited with code {exit_code}"
         if exit_code > 128:
             try:
                 summary += f" (killed by {signal.Signals(exit_code - 128).name})"
@@ -62,7 +65,7 @@ def stopped_task_status(task: dict[str, Any], container_name: str) -> ContainerS
         details.append(f"container: {container_reason}")
     hint = _hint(f"{stopped_reason} {container_reason}")
     reason = summary + (f" (ECS {'; '.join(details)})" if details else "") + (f"; {hint}" if hint else "")
-    return ContainerStatus("exited", exit_code, reason)
+    return ContainerStatus(ContainerState.EXITED, exit_code, reason)
 
 
 def _container(task: dict[str, Any], container_name: str) -> dict[str, Any]:

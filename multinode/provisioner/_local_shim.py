@@ -1,5 +1,6 @@
-"""Supervision of one local container process (stdlib only: the local provisioner's template imports it
-in the version's environment, and the control plane reads process groups with it).
+"""Supervision of one local container process (stdlib only, and ``multinode._vocabulary``, itself stdlib only:
+the local provisioner's template imports it in the version's environment, and the control plane reads
+process groups with it).
 
 ``supervise`` watches the container's process tree: it stops it when its memory (PSS) goes over the
 function's limit or it holds too many processes, kills whatever is left of it when the container ends,
@@ -20,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from multinode._vocabulary import ExitReason
 
 POLL_SECONDS = 0.1
 PR_SET_CHILD_SUBREAPER = 36
@@ -241,7 +244,7 @@ def exit_reason(code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     if code == 0:
-        return "exited normally"
+        return ExitReason.EXITED_NORMALLY.value
     return f"exited with code {code}"
 
 
@@ -299,17 +302,15 @@ def supervise(child: int, state_dir: Path, memory_mib: float, max_processes: int
         tree = descendants(me)
         reason = None
         if len(tree) > max_processes:
-            reason = (
-                f"too many processes: the function started {len(tree)} processes, over the local limit of "
-                f"{max_processes}"
+            reason = ExitReason.TOO_MANY_PROCESSES.with_details(
+                f"the function started {len(tree)} processes, over the local limit of {max_processes}"
             )
         elif _rss_mib(tree) > memory_mib:  # PSS is at most RSS: read (dearer) only when RSS is over
             used = _pss_mib(tree)
             if used > memory_mib:
-                reason = (
-                    f"out of memory: the processes used {used:.0f} MiB (PSS, {len(tree)} "
-                    f"process{'es' if len(tree) != 1 else ''}), over the function's memory limit of "
-                    f"{memory_mib:.0f} MiB; raise `memory` in @mn.function"
+                reason = ExitReason.OUT_OF_MEMORY.with_details(
+                    f"the processes used {used:.0f} MiB (PSS, {len(tree)} process{'es' if len(tree) != 1 else ''}), "
+                    f"over the function's memory limit of {memory_mib:.0f} MiB; raise `memory` in @mn.function"
                 )
         if reason is not None:
             _warn_left(kill_leftovers())

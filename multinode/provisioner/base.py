@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Literal
+
+from multinode._vocabulary import ContainerState
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class ContainerSpec:
 
 @dataclass(frozen=True)
 class ContainerStatus:
-    state: Literal["running", "exited"]
+    state: ContainerState
     exit_code: int | None = None
     reason: str = ""
 

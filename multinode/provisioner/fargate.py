@@ -30,6 +30,7 @@ from typing import Any
 
 import boto3
 
+from multinode._vocabulary import ContainerState
 from multinode.errors import ProvisionerError
 from multinode.provisioner._fargate_aws import RETRY_CONFIG, call, call_or_none, tag_value
 from multinode.provisioner._fargate_describe import (
@@ -203,18 +204,18 @@ class FargateProvisioner(Provisioner):
         arn = self._task_arn(handle_id)
         if arn is None:
             return ContainerStatus(
-                "exited", None, f"ECS has no task for {handle_id} in cluster {self.settings.cluster!r}"
+                ContainerState.EXITED, None, f"ECS has no task for {handle_id} in cluster {self.settings.cluster!r}"
             )
         described = self._descriptions.recent(arn, self.status_poll_interval / 2)
         if described.task is None:
             if described.missing_for() < self.missing_grace_seconds:
-                return ContainerStatus("running")  # not visible yet right after RunTask
+                return ContainerStatus(ContainerState.RUNNING)  # not visible yet right after RunTask
             return ContainerStatus(
-                "exited", None, f"ECS has no task {arn} in cluster {self.settings.cluster!r} (any more)"
+                ContainerState.EXITED, None, f"ECS has no task {arn} in cluster {self.settings.cluster!r} (any more)"
             )
         if task_has_exited(described.task, self.settings.container_name):
             return stopped_task_status(described.task, self.settings.container_name)
-        return ContainerStatus("running")
+        return ContainerStatus(ContainerState.RUNNING)
 
     def stop(self, handle_id: str) -> None:
         arn = self._task_arn(handle_id)

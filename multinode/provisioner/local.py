@@ -33,6 +33,7 @@ from typing import Any
 
 from multinode._credentials import ENV_CREDENTIALS_FD, credential_free_env, secrets_blob
 from multinode._settings import MultinodeSettings
+from multinode._vocabulary import ContainerState
 from multinode.artifacts.local import LocalVersionStore
 from multinode.errors import ProvisionerError, VersionNotStoredError
 from multinode.provisioner._local_shim import group_members, kill_tree, send_signal, start_ticks, write_json
@@ -147,15 +148,15 @@ class LocalProvisioner(Provisioner):
         # The supervisor writes exit.json once its tree is gone, then ends: until it has ended, it may
         # still be killing what is left (a container is over only when none of its processes is left).
         if exited is not None and (state is None or not self._alive(state)):
-            return ContainerStatus("exited", exited.get("exit_code"), str(exited.get("reason", "")))
+            return ContainerStatus(ContainerState.EXITED, exited.get("exit_code"), str(exited.get("reason", "")))
         if state is None:
-            return ContainerStatus("exited", None, "the container was never started")
+            return ContainerStatus(ContainerState.EXITED, None, "the container was never started")
         if self._alive(state):
-            return ContainerStatus("running")
+            return ContainerStatus(ContainerState.RUNNING)
         exited = _read_json(state_dir / "exit.json")  # it may have ended between the two reads
         if exited is not None:
-            return ContainerStatus("exited", exited.get("exit_code"), str(exited.get("reason", "")))
-        return ContainerStatus("exited", None, "the container's process was killed")
+            return ContainerStatus(ContainerState.EXITED, exited.get("exit_code"), str(exited.get("reason", "")))
+        return ContainerStatus(ContainerState.EXITED, None, "the container's process was killed")
 
     def exit_notifier(self, handle_id: str) -> int | None:
         state = _read_json(self._dir(handle_id) / "state.json")
@@ -227,7 +228,7 @@ class LocalProvisioner(Provisioner):
         root = self._home / "containers"
         if not root.is_dir():
             return []
-        return [d.name for d in root.iterdir() if self.status(d.name).state == "running"]
+        return [d.name for d in root.iterdir() if self.status(d.name).state == ContainerState.RUNNING]
 
     def _alive(self, state: dict[str, int]) -> bool:
         ticks = start_ticks(int(state["pid"]))
@@ -354,8 +355,9 @@ def _settings_env_names() -> frozenset[str]:
     return frozenset(MultinodeSettings().to_env())
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else None
     except (FileNotFoundError, json.JSONDecodeError):
         return None

@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         container_task_queue,
         quota_workflow_id,
     )
+    from multinode._vocabulary import WORKER_LOCAL_ERROR_TYPES, ErrorType, InterruptReason, InvocationStatus
 
 CONTAINER_START_TIMEOUT = timedelta(minutes=10)
 """How long a provisioned container may take to start polling for its execution."""
@@ -97,8 +98,6 @@ container answers with the same call's outcome) instead of failing the attempt."
 """Invocations started before this patch provisioned and deprovisioned with remote activities, published
 their final status only after clean-up, and released their slot with a signal from the workflow."""
 
-_ELSEWHERE = ("VersionNotStoredError", "ProvisionerMissingError")
-"""Provisioning errors of this control-plane worker only (another worker on the queue may succeed)."""
 _FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
 _T = TypeVar("_T")
@@ -107,7 +106,7 @@ _T = TypeVar("_T")
 class _AttemptEnd(Exception):
     """How an attempt ended other than by success."""
 
-    def __init__(self, status: str, error: ErrorInfo | None = None) -> None:
+    def __init__(self, status: InvocationStatus, error: ErrorInfo | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.error = error
@@ -132,7 +131,7 @@ class InvocationWorkflow:
             project_name=input.project_name,
             version_id=input.version_id,
             function_name=input.function_name,
-            status="PENDING",
+            status=InvocationStatus.PENDING,
             created_at=info.start_time,
             parent_invocation_id=input.parent_invocation_id,
             provisioner=input.provisioner,
@@ -202,25 +201,25 @@ class InvocationWorkflow:
         self._lean = workflow.patched(LEAN_PATH_PATCH)
         max_attempts = input.config.max_retries + 1
         self._show_details()
-        status, error = "CANCELLED", None
+        status, error = InvocationStatus.CANCELLED, None
         try:
             await self._acquire_slot()
             for attempt in range(1, max_attempts + 1):
                 execution = await self._run_attempt(attempt, last=attempt == max_attempts)
-                status, error = execution.status, execution.error
-                if status == "FAILED" and not self._lean:
+                status, error = InvocationStatus(execution.status), execution.error
+                if status == InvocationStatus.FAILED and not self._lean:
                     self._state.num_failed_attempts += 1
-                if status != "FAILED" or self._cancel_requested:
+                if status != InvocationStatus.FAILED or self._cancel_requested:
                     break
                 if attempt < max_attempts:
-                    self._set_status("PENDING")
+                    self._set_status(InvocationStatus.PENDING)
                     await workflow.sleep(_backoff(attempt))
         except asyncio.CancelledError:
-            status, error = "CANCELLED", None  # cancelled while no container existed
+            status, error = InvocationStatus.CANCELLED, None  # cancelled while no container existed
         except ActivityError as err:
             if not is_cancelled_exception(err):
                 raise
-            status, error = "CANCELLED", None  # cancelled while asking for a slot
+            status, error = InvocationStatus.CANCELLED, None  # cancelled while asking for a slot
         self._finish(status, error)  # before the slot is released: never more RUNNING than the quota
         self._state.terminated = all(e.terminated for e in self._state.executions)
         if not self._released:
@@ -235,9 +234,9 @@ class InvocationWorkflow:
         if self._finished:
             return
         self._finished = True
-        if self._cancel_requested and status == "FAILED":
-            status, error = "CANCELLED", None  # a cancel absorbed while (de)provisioning a failed attempt
-        if status in ("CANCELLED", "TIMED_OUT"):
+        if self._cancel_requested and status == InvocationStatus.FAILED:
+            status, error = InvocationStatus.CANCELLED, None  # a cancel absorbed while (de)provisioning
+        if status in (InvocationStatus.CANCELLED, InvocationStatus.TIMED_OUT):
             self._cancel_requested = True
             self._start_cancelling_children()
         self._state.error = error
@@ -305,9 +304,9 @@ class InvocationWorkflow:
 
     async def _run_attempt(self, attempt: int, *, last: bool) -> ExecutionState:
         info = workflow.info()
-        execution = ExecutionState(execution_id=f"{info.workflow_id}-{attempt}", attempt=attempt, status="RUNNING")
+        execution = ExecutionState(f"{info.workflow_id}-{attempt}", attempt, InvocationStatus.RUNNING)
         self._state.executions.append(execution)
-        self._set_status("RUNNING")
+        self._set_status(InvocationStatus.RUNNING)
         execution.started_at = workflow.now()
         if self._state.started_at is None:
             # The grant time orders invocations exactly as the quota served them.
@@ -319,26 +318,26 @@ class InvocationWorkflow:
             assert handle is not None
             execution.container_handle = handle.handle_id
             if self._cancel_requested:
-                raise _AttemptEnd("CANCELLED")
+                raise _AttemptEnd(InvocationStatus.CANCELLED)
             self._current_execution = execution.execution_id
             output = await self._run_in_container(execution, handle)
             self._state.result = output.result
-            execution.status = "SUCCEEDED"
+            execution.status = InvocationStatus.SUCCEEDED
         except _AttemptEnd as end:
             execution.status, execution.error = end.status, end.error
         except (ActivityError, ApplicationError, TimeoutError) as err:
             # Provisioning failed for good (a local activity's error comes unwrapped).
-            execution.status, execution.error = "FAILED", _error_from(err, "ProvisionerError")
+            execution.status, execution.error = InvocationStatus.FAILED, _error_from(err, ErrorType.PROVISIONER)
         except asyncio.CancelledError:
-            execution.status = "CANCELLED"  # cancelled while waiting on a container that had stopped
+            execution.status = InvocationStatus.CANCELLED  # while waiting on a container that had stopped
             raise
         finally:
             self._current_execution = None
             execution.finished_at = workflow.now()
             if self._lean:
-                if execution.status == "FAILED":
+                if execution.status == InvocationStatus.FAILED:
                     self._state.num_failed_attempts += 1
-                if execution.status != "FAILED" or last or self._cancel_requested:
+                if execution.status != InvocationStatus.FAILED or last or self._cancel_requested:
                     self._finish(execution.status, execution.error)  # readable now; clean-up follows
             if handle is not None:
                 await self._uncancellable(self._deprovision(handle))
@@ -361,31 +360,33 @@ class InvocationWorkflow:
             provisioner=self._input.provisioner,
             artifact=self._input.artifact,
         )
-        retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ProvisionerError"])
+        retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ErrorType.PROVISIONER])
         if self._local_activities():
             try:
-                return await workflow.execute_local_activity(
+                handle: ContainerHandle = await workflow.execute_local_activity(
                     PROVISION_ACTIVITY,
                     request,
                     result_type=ContainerHandle,
                     start_to_close_timeout=PROVISION_TIMEOUT,
                     schedule_to_close_timeout=timedelta(minutes=10),
                     retry_policy=RetryPolicy(
-                        maximum_attempts=5, non_retryable_error_types=["ProvisionerError", *_ELSEWHERE]
+                        maximum_attempts=5, non_retryable_error_types=[ErrorType.PROVISIONER, *WORKER_LOCAL_ERROR_TYPES]
                     ),
                 )
+                return handle
             except (ActivityError, ApplicationError) as err:
                 cause = err.cause if isinstance(err, ActivityError) else err
-                if not (isinstance(cause, ApplicationError) and cause.type in _ELSEWHERE):
+                if not (isinstance(cause, ApplicationError) and cause.type in WORKER_LOCAL_ERROR_TYPES):
                     raise
                 # A local activity runs on this worker only: let any worker on the queue try.
-        return await workflow.execute_activity(
+        remote: ContainerHandle = await workflow.execute_activity(
             PROVISION_ACTIVITY,
             request,
             result_type=ContainerHandle,
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=retry,
         )
+        return remote
 
     def _local_activities(self) -> bool:
         """Whether provisioning runs as local activities: on the lean path, for the local provisioner
@@ -449,13 +450,11 @@ class InvocationWorkflow:
             # Heartbeats stopped reaching Temporal, but the container is still there (Temporal or this
             # network was away): ask it for the run again; it answers with the same call's outcome.
             if not self._may_reattach(watch, deadline):
-                raise _AttemptEnd(
-                    "FAILED",
-                    ErrorInfo("ContainerLostError", f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."),
-                )
+                message = f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."
+                raise _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_LOST, message))
             run = start_run()
         if self._cancel_requested:
-            raise _AttemptEnd("CANCELLED")
+            raise _AttemptEnd(InvocationStatus.CANCELLED)
         return output
 
     def _may_reattach(self, watch: workflow.ActivityHandle[ContainerExit], deadline: datetime) -> bool:
@@ -475,28 +474,28 @@ class InvocationWorkflow:
             await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             self._cancel_requested = True
-            self._set_status("CANCELLING")
+            self._set_status(InvocationStatus.CANCELLING)
             self._start_cancelling_children()
             run.cancel()
             # Faster than the run activity's next heartbeat: an activity on the container's own
             # queue raises the error in the user code at once.
             workflow.start_activity(
                 INTERRUPT_ACTIVITY,
-                InterruptInput(reason="cancelled"),
+                InterruptInput(reason=InterruptReason.CANCELLED),
                 task_queue=queue,
                 schedule_to_close_timeout=timedelta(seconds=10),
                 retry_policy=RetryPolicy(maximum_attempts=1),
             )
             await _settle([run, watch], grace + timedelta(seconds=5))
             if not run.done():
-                raise _AttemptEnd("CANCELLED") from None  # grace period over: deprovision kills it
+                raise _AttemptEnd(InvocationStatus.CANCELLED) from None  # grace period over: deprovision kills it
         if not run.done():
             # The container ended; its own report of the run may still be on its way.
             await _settle([run], EXIT_RESOLUTION_WAIT)
         if not run.done():
             run.cancel()
-            exit_info = watch.result()
-            raise _AttemptEnd("FAILED", ErrorInfo("ContainerExitedError", f"The container stopped: {exit_info.reason}"))
+            message = f"The container stopped: {watch.result().reason}"
+            raise _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_EXITED, message))
         try:
             return run.result()
         except (ActivityError, asyncio.CancelledError) as err:
@@ -517,27 +516,27 @@ class InvocationWorkflow:
     def _classify(self, err: BaseException) -> _AttemptEnd:
         cause = err.cause if isinstance(err, ActivityError) else err
         if self._cancel_requested:
-            return _AttemptEnd("CANCELLED")
+            return _AttemptEnd(InvocationStatus.CANCELLED)
         if isinstance(cause, ApplicationError):
-            if cause.type == "InvocationCancelledError":
-                return _AttemptEnd("CANCELLED")
-            if cause.type == "InvocationTimedOutError":
-                return _AttemptEnd("TIMED_OUT", _error_from(err, "InvocationTimedOutError"))
-            return _AttemptEnd("FAILED", _error_from(err, "Error"))
+            if cause.type == ErrorType.INVOCATION_CANCELLED:
+                return _AttemptEnd(InvocationStatus.CANCELLED)
+            if cause.type == ErrorType.INVOCATION_TIMED_OUT:
+                return _AttemptEnd(InvocationStatus.TIMED_OUT, _error_from(err, ErrorType.INVOCATION_TIMED_OUT))
+            return _AttemptEnd(InvocationStatus.FAILED, _error_from(err, ErrorType.ERROR))
         if isinstance(cause, (CancelledError, asyncio.CancelledError)):
-            return _AttemptEnd("CANCELLED")
+            return _AttemptEnd(InvocationStatus.CANCELLED)
         if isinstance(cause, TimeoutError):
             if cause.type == TimeoutType.START_TO_CLOSE:
                 return _AttemptEnd(
-                    "TIMED_OUT",
-                    ErrorInfo("InvocationTimedOutError", "The execution ran past its timeout and grace period."),
+                    InvocationStatus.TIMED_OUT,
+                    ErrorInfo(ErrorType.INVOCATION_TIMED_OUT, "The execution ran past its timeout and grace period."),
                 )
             if cause.type == TimeoutType.SCHEDULE_TO_START:
                 message = f"The container did not start within {CONTAINER_START_TIMEOUT}."
             else:
                 message = f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."
-            return _AttemptEnd("FAILED", ErrorInfo("ContainerLostError", message))
-        return _AttemptEnd("FAILED", _error_from(err, "Error"))
+            return _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_LOST, message))
+        return _AttemptEnd(InvocationStatus.FAILED, _error_from(err, ErrorType.ERROR))
 
     async def _uncancellable(self, awaitable: Awaitable[_T]) -> _T:
         """Await to the end even if the workflow is cancelled meanwhile; remember the request."""
@@ -551,7 +550,7 @@ class InvocationWorkflow:
                 if self._finished:
                     continue  # the outcome is published: a cancel that comes after it changes nothing
                 self._cancel_requested = True
-                self._set_status("CANCELLING")
+                self._set_status(InvocationStatus.CANCELLING)
                 self._start_cancelling_children()
 
     def _progress_budget(self, attempt: int) -> dict[str, int]:
@@ -590,7 +589,7 @@ def _backoff(attempt: int) -> timedelta:
     return timedelta(seconds=min(seconds, RETRY_BACKOFF_MAX.total_seconds()))
 
 
-def _error_from(err: BaseException, default_type: str) -> ErrorInfo:
+def _error_from(err: BaseException, default_type: ErrorType) -> ErrorInfo:
     cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
     if isinstance(cause, ApplicationError):
         details = cause.details

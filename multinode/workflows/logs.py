@@ -15,10 +15,11 @@ with workflow.unsafe.imports_passed_through():
 class LogsWorkflow:
     @workflow.run
     async def run(self, request: LogsRequest) -> LogsChunk:
-        return await workflow.execute_activity(
+        chunk: LogsChunk = await workflow.execute_activity(
             READ_LOGS_ACTIVITY,
             request,
             result_type=LogsChunk,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
+        return chunk
