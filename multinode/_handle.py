@@ -10,7 +10,6 @@ import builtins
 import inspect
 import json
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timezone
@@ -20,13 +19,12 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
-from multinode import _invocations, _serialization
+from multinode import _context, _invocations, _serialization
 from multinode._client import get_client, is_missing_search_attribute, is_not_found, rpc_boundary, run_sync
 from multinode._limits import check_names
 from multinode._listing import newest_first, quote_query_value
 from multinode._protocol import (
     CHILD_STARTED_SIGNAL,
-    ENV_INVOCATION_ID,
     INVOCATION_WORKFLOW,
     SA_FUNCTION,
     SA_PARENT,
@@ -34,6 +32,7 @@ from multinode._protocol import (
     SA_STATUS,
     SA_VERSION,
     FunctionRecord,
+    FunctionTarget,
     InvocationInput,
     SlotRequest,
     VersionRecord,
@@ -116,7 +115,8 @@ class DeployedFunction:
     ) -> str:
         """Start one invocation's workflow; it waits PENDING until ``_request_slots`` gets it a slot."""
         invocation_id = f"inv-{uuid.uuid4().hex}"
-        parent = os.environ.get(ENV_INVOCATION_ID) or None
+        running = _context.current()
+        parent = running.invocation_id if running is not None else None
         pairs = [
             SearchAttributePair(_keyword(SA_PROJECT), self.project_name),
             SearchAttributePair(_keyword(SA_FUNCTION), self.function_name),
@@ -128,14 +128,9 @@ class DeployedFunction:
         try:
             await client.start_workflow(
                 INVOCATION_WORKFLOW,
-                InvocationInput(
-                    project_name=self.project_name,
-                    version_id=version.version_id,
-                    function_name=self.function_name,
-                    config=record.config,
-                    provisioner=version.provisioner,
-                    artifact=version.artifact,
-                    args=json.loads(payload),
+                InvocationInput.for_target(
+                    FunctionTarget.of(self.project_name, version, record),
+                    json.loads(payload),
                     parent_invocation_id=parent,
                     slot_requested=True,
                 ),

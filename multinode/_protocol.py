@@ -113,6 +113,49 @@ class ProjectState:
 # --- invocations ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FunctionTarget:
+    """What an invocation runs: one function of one registered version, with what the registry holds
+    for it. Built from the registry (``of``), carried by the invocation's input and each provisioning
+    request, and compared by the gate; the wire dataclasses below keep these as flat fields (what
+    recorded histories hold), and expose them as ``target``."""
+
+    project_name: str
+    version_id: str
+    function_name: str
+    config: FunctionConfig
+    provisioner: str
+    artifact: dict[str, str]
+
+    @classmethod
+    def of(cls, project_name: str, version: VersionRecord, function: FunctionRecord) -> FunctionTarget:
+        return cls(
+            project_name=project_name,
+            version_id=version.version_id,
+            function_name=function.name,
+            config=function.config,
+            provisioner=version.provisioner,
+            artifact=dict(version.artifact),
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments of the flat wire dataclasses."""
+        return {
+            "project_name": self.project_name,
+            "version_id": self.version_id,
+            "function_name": self.function_name,
+            "config": self.config,
+            "provisioner": self.provisioner,
+            "artifact": dict(self.artifact),
+        }
+
+
+def _target_of(value: InvocationInput | ProvisionInput) -> FunctionTarget:
+    return FunctionTarget(
+        value.project_name, value.version_id, value.function_name, value.config, value.provisioner, value.artifact
+    )
+
+
 @dataclass
 class InvocationInput:
     project_name: str
@@ -127,6 +170,14 @@ class InvocationInput:
     slot_requested: bool = False
     """The starter asks the quota for a slot itself, right after starting the workflow (so slots go
     first come, first served); the workflow then only asks if no grant arrives for a while."""
+
+    @classmethod
+    def for_target(cls, target: FunctionTarget, args: Any, **options: Any) -> InvocationInput:
+        return cls(**target.fields(), args=args, **options)
+
+    @property
+    def target(self) -> FunctionTarget:
+        return _target_of(self)
 
 
 @dataclass
@@ -192,6 +243,14 @@ class ProvisionInput:
     config: FunctionConfig
     provisioner: str
     artifact: dict[str, str]
+
+    @classmethod
+    def for_target(cls, target: FunctionTarget, invocation_id: str, execution_id: str) -> ProvisionInput:
+        return cls(invocation_id=invocation_id, execution_id=execution_id, **target.fields())
+
+    @property
+    def target(self) -> FunctionTarget:
+        return _target_of(self)
 
 
 @dataclass

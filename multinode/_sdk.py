@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
+from multinode import _context
 from multinode._config import (
     DEFAULT_CPU,
     DEFAULT_MAX_CONCURRENCY,
@@ -22,7 +23,7 @@ from multinode._config import (
 )
 from multinode._handle import DeployedFunction
 from multinode._limits import check_function_name
-from multinode._protocol import ENV_PROJECT, ENV_VERSION, Parameter
+from multinode._protocol import ENV_PROJECT, Parameter
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList
 from multinode.errors import ConfigurationError, ValidationError
@@ -67,14 +68,14 @@ class Function(Generic[P, T, R]):
         ]
 
     def deployed(self) -> DeployedFunction:
-        project = self._owner.project_name or os.environ.get(ENV_PROJECT)
+        running = _context.current()
+        project = self._owner.project_name or (running.project_name if running else os.environ.get(ENV_PROJECT))
         if not project:
             raise ConfigurationError(
                 f"{self.name}: no project to invoke it in. Pass it to Multinode(project_name=...), set "
                 "MULTINODE_PROJECT, or use get_deployed_function(project_name=..., function_name=...)."
             )
-        same_project = project == os.environ.get(ENV_PROJECT)
-        version = os.environ.get(ENV_VERSION) if same_project else None
+        version = running.version_id if running is not None and running.project_name == project else None
         return DeployedFunction(project, self.name, version, settings=self._owner.settings)
 
     # The handle methods, delegated (kept explicit so they show in help() and IDEs, typed after the function).

@@ -168,6 +168,9 @@ def test_follow_prints_every_line_as_it_comes_and_returns_when_the_invocation_en
         if process.poll() is None:
             process.kill()
         reader.join(timeout=10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
     exited = time.time()
     assert [line for _, line in arrivals] == [f"tick {i}" for i in range(count)]
     invocation = fn.get(invocation_id)

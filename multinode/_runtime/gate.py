@@ -49,6 +49,7 @@ from multinode._protocol import (
     SA_PROJECT,
     SA_STATUS,
     SA_VERSION,
+    FunctionTarget,
     InvocationInput,
     QuotaState,
     SlotRequest,
@@ -190,12 +191,7 @@ class Gate:
         except MultinodeError as exc:
             raise RPCError(str(exc), RPCStatusCode.NOT_FOUND, b"") from exc
         record = version.functions.get(started.function_name)
-        if (
-            record is None
-            or record.config != started.config
-            or version.provisioner != started.provisioner
-            or version.artifact != started.artifact
-        ):
+        if record is None or started.target != FunctionTarget.of(started.project_name, version, record):
             raise Refused(f"{what}: its function, config or artifact differ from the registry's")
         # Built anew: only what the SDK sets, as the SDK sets it. A new workflow, never an existing one
         # taken over (which would then count as a child); no cron, retry policy or timeouts of the caller's.

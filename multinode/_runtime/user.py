@@ -28,8 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from multinode import _client, _serialization
-from multinode._protocol import ENV_INVOCATION_ID
+from multinode import _client, _context, _serialization
+from multinode._context import RunningInvocation
+from multinode._protocol import ENV_PROJECT, ENV_VERSION
 from multinode._runtime.agent_client import AgentServiceClient, agent_client
 from multinode._runtime.channel import Channel, ChannelClosed
 from multinode._runtime.loader import load_tasks
@@ -117,7 +118,10 @@ class Runner:
             raise LookupError(f"main.py declares no function {run['function_name']!r}")
         positional = _serialization.positional_names(function.fn)
         args, kwargs = _serialization.decode_arguments(json.dumps(run["args"]), positional)
-        os.environ[ENV_INVOCATION_ID] = run["invocation_id"]  # nested invocations record their parent
+        # Nested invocations record their parent, and run this version when of this project.
+        _context.enter(
+            RunningInvocation(run["invocation_id"], os.environ.get(ENV_PROJECT), os.environ.get(ENV_VERSION))
+        )
         pending = self._take_pending()
         if pending is not None:  # interrupted before the code even started
             raise pending

@@ -70,15 +70,16 @@ class ProvisioningActivities:
             ENV_VERSION: request.version_id,
             ENV_FUNCTION: request.function_name,
         }
-        spec = ContainerSpec(
+        target = request.target
+        spec = ContainerSpec(  # the backend's own terms: sizes, not Multinode's config
             execution_id=request.execution_id,
             invocation_id=request.invocation_id,
-            project_name=request.project_name,
-            version_id=request.version_id,
-            function_name=request.function_name,
-            cpu=request.config.cpu,
-            memory_mib=request.config.memory_mib,
-            artifact=request.artifact,
+            project_name=target.project_name,
+            version_id=target.version_id,
+            function_name=target.function_name,
+            cpu=target.config.cpu,
+            memory_mib=target.config.memory_mib,
+            artifact=target.artifact,
             environment=environment,
         )
         try:

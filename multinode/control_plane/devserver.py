@@ -150,6 +150,8 @@ class DevServer:
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file and self.log_file.exists() else 0
+        if self._log_handle is not None:  # started again after its process died
+            self._log_handle.close()
         self._log_handle = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
         out = self._log_handle if self._log_handle is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(

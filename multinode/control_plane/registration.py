@@ -419,12 +419,9 @@ async def _record(
 
 def _build_image(folder: Path, project_name: str) -> str:
     from multinode.artifacts.fargate_image import build_and_push
+    from multinode.provisioner.fargate_settings import image_repository_from_env
 
-    repository = os.environ.get("MULTINODE_ECR_REPOSITORY")
-    region = next(
-        (os.environ[k] for k in ("MULTINODE_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(k)),
-        None,
-    )
+    repository, region = image_repository_from_env()
     if not repository or not region:
         raise ConfigurationError(
             "Building an image for the fargate provisioner needs MULTINODE_ECR_REPOSITORY (the repository URI) and "

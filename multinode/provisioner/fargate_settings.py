@@ -67,7 +67,7 @@ class FargateSettings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FargateSettings:
         env = os.environ if environ is None else environ
-        region = _get(env, "MULTINODE_AWS_REGION") or _get(env, "AWS_REGION") or _get(env, "AWS_DEFAULT_REGION")
+        region = _region(env)
         if not region:
             raise _missing(
                 "MULTINODE_AWS_REGION",
@@ -169,3 +169,14 @@ def _arn(env: Mapping[str, str], name: str, what: str, terraform_output: str, *,
             f"{name}={value!r} is not an ARN: set it to {what} (arn:aws:iam::ACCOUNT:role/NAME).", parameter=name
         )
     return value
+
+
+def _region(env: Mapping[str, str]) -> str | None:
+    return _get(env, "MULTINODE_AWS_REGION") or _get(env, "AWS_REGION") or _get(env, "AWS_DEFAULT_REGION") or None
+
+
+def image_repository_from_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """``(MULTINODE_ECR_REPOSITORY, region)``: all that registration needs to push an image (the other
+    settings are the worker's)."""
+    env = os.environ if environ is None else environ
+    return _get(env, "MULTINODE_ECR_REPOSITORY") or None, _region(env)

@@ -350,16 +350,7 @@ class InvocationWorkflow:
         return execution
 
     async def _provision(self, execution: ExecutionState) -> ContainerHandle:
-        request = ProvisionInput(
-            invocation_id=workflow.info().workflow_id,
-            execution_id=execution.execution_id,
-            project_name=self._input.project_name,
-            version_id=self._input.version_id,
-            function_name=self._input.function_name,
-            config=self._input.config,
-            provisioner=self._input.provisioner,
-            artifact=self._input.artifact,
-        )
+        request = ProvisionInput.for_target(self._input.target, workflow.info().workflow_id, execution.execution_id)
         retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ErrorType.PROVISIONER])
         if self._local_activities():
             try:
