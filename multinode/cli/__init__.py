@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from multinode.cli._app import app
+from multinode.cli._common import app
 
-# Each registers its commands on ``app``, after _app's own, in the order of `mn --help`.
+# Each registers its commands on ``app``, in the order of `mn --help`.
 # isort: off
+from multinode.cli import _app  # noqa: F401
 from multinode.cli import _invocation_cmds  # noqa: F401
 from multinode.cli import _codec_cmds  # noqa: F401
 

@@ -1,42 +1,27 @@
-"""Commands of ``mn``. Each prints a table for people and, with ``--json``, JSON for scripts."""
+"""Commands of ``mn`` for the local stack, registration and projects. Each prints a table for people and,
+with ``--json``, JSON for scripts."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import math
 import signal
 import threading
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from multinode._settings import MultinodeSettings
+from multinode.cli._common import JsonOpt, ProjectOpt, _print_json, _run, _settings, _when, app, console, err_console
+from multinode.cli._display import print_invocations, show_invocation
 
 if TYPE_CHECKING:
     from multinode.control_plane.codec_server import CodecServer
 
-app = typer.Typer(
-    name="mn",
-    help="Multinode: run long asynchronous Python tasks, each in its own container, on Temporal.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-
 LOCAL_PROBE_SECONDS = 3.0
 """How long `mn dev` waits for a program on its local port to answer as a Temporal server."""
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ProjectOpt = Annotated[str, typer.Option("--project", "-p", envvar="MULTINODE_PROJECT", help="Project name.")]
 
 
 def _serve_until_signalled(settings: MultinodeSettings) -> None:
@@ -61,48 +46,6 @@ def _serve_until_signalled(settings: MultinodeSettings) -> None:
 
     asyncio.run(serve())
     console.print("Stopped.")
-
-
-def _settings() -> MultinodeSettings:
-    return MultinodeSettings.from_env()
-
-
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, float) and not math.isfinite(value):
-        # JSON has no NaN or infinities: print their names, as strings, rather than invalid JSON.
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(_jsonable(value), indent=2, allow_nan=False))
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None:
-        return "-"
-    seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
-    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 # --- local stack --------------------------------------------------------------------------------
@@ -292,8 +235,6 @@ def describe(
     from multinode.control_plane.admin import get_invocation
 
     if target.startswith("inv-") and function is None:
-        from multinode.cli._invocation_cmds import show_invocation
-
         show_invocation(_run(get_invocation(_settings(), target)), as_json)
         return
 
@@ -336,7 +277,6 @@ def _describe_function(project: str, latest: Any, function: str, as_json: bool) 
         f"max_concurrency {config.max_concurrency}, max_retries {config.max_retries}"
         + (", generator (yields progress)" if config.is_generator else "")
     )
-    from multinode.cli._invocation_cmds import print_invocations
 
     print_invocations(recent[:10], title="recent invocations")
 

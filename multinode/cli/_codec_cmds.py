@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from multinode.cli._app import JsonOpt, _print_json, app, console, err_console
+from multinode.cli._common import JsonOpt, _print_json, app, console, err_console
 
 
 @app.command("encryption-key")
