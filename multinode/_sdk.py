@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
@@ -23,7 +22,7 @@ from multinode._config import (
 )
 from multinode._handle import DeployedFunction
 from multinode._limits import check_function_name
-from multinode._protocol import ENV_PROJECT, Parameter
+from multinode._protocol import Parameter
 from multinode._settings import MultinodeSettings
 from multinode._types import Invocation, InvocationIdsList
 from multinode.errors import ConfigurationError, ValidationError
@@ -67,9 +66,12 @@ class Function(Generic[P, T, R]):
             for p in inspect.signature(self.fn).parameters.values()
         ]
 
+    def _settings(self) -> MultinodeSettings:
+        return self._owner.settings or MultinodeSettings.from_env()
+
     def deployed(self) -> DeployedFunction:
         running = _context.current()
-        project = self._owner.project_name or (running.project_name if running else os.environ.get(ENV_PROJECT))
+        project = self._owner.project_name or (running.project_name if running else self._settings().project)
         if not project:
             raise ConfigurationError(
                 f"{self.name}: no project to invoke it in. Pass it to Multinode(project_name=...), set "

@@ -28,6 +28,8 @@ Variable                           Meaning                                      
                                    client, worker and container needs the same list
 ``MULTINODE_ENCRYPTION_ACCEPT_``   ``1``: with keys, still read payloads that are    ``0``: refused
 ``PLAIN``                          not encrypted (while turning encryption on)
+``MULTINODE_PROJECT``              Project of decorated functions called from        none
+                                   outside an invocation (and of ``mn`` commands)
 =================================  ===============================================  =====================
 """
 
@@ -89,6 +91,8 @@ class MultinodeSettings(BaseModel):
     encryption_keys: SecretStr = SecretStr("")
     """``MULTINODE_ENCRYPTION_KEYS`` as given (checked when loaded); empty: payloads are not encrypted."""
     encryption_accept_plain: bool = False
+    project: str | None = None
+    """``MULTINODE_PROJECT``: the project a decorated function is invoked in, outside an invocation."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MultinodeSettings:
@@ -113,6 +117,7 @@ class MultinodeSettings(BaseModel):
             container_temporal_profile=_container_profile(env, profile),
             encryption_keys=_encryption_keys(env),
             encryption_accept_plain=_flag(env, ENV_ACCEPT_PLAIN),
+            project=(env.get("MULTINODE_PROJECT") or "").strip() or None,
         )
 
     def payload_codec(self) -> EncryptionCodec:
