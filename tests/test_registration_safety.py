@@ -397,8 +397,13 @@ def test_an_interrupted_registration_leaves_nothing_behind(
     main = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)\n# {uuid.uuid4().hex}\n"
     write_tasks(tmp_path / "tasks", {"main.py": main + MAIN, "requirements.txt": f"# {uuid.uuid4().hex}\n"})
     before = stored(settings)
+    # As from a terminal: Ctrl-C's SIGINT is not ignored. (A CI runner may start the suite with SIGINT
+    # ignored, as shells do for background jobs; exec keeps that, and Python then never sees SIGINT.)
+    with_sigint = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     process = subprocess.Popen(
-        [MN, "register", "tasks", "--project", project_name],
+        [sys.executable, "-c", with_sigint, MN, "register", "tasks", "--project", project_name],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
