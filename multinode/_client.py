@@ -14,11 +14,11 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from temporalio.client import Client
-from temporalio.converter import DataConverter, DefaultFailureConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from multinode import _native
-from multinode._codec import EncryptionCodec
+from multinode._codec import EncryptionCodec, KeylessPayloadConverter
 from multinode._settings import MultinodeSettings
 from multinode.errors import ConfigurationError, MultinodeError, TemporalUnreachableError
 
@@ -82,10 +82,17 @@ def _register_exit_hook() -> None:
 
 
 def data_converter(codec: EncryptionCodec) -> DataConverter:
-    """The default converter with ``codec`` on every payload; when it encrypts, error messages and stack
-    traces are moved into an (encrypted) payload too: Temporal keeps only "Encoded failure" in plain text."""
-    failures = DefaultFailureConverterWithEncodedAttributes if codec.encrypts else DefaultFailureConverter
-    return dataclasses.replace(DataConverter.default, payload_codec=codec, failure_converter_class=failures)
+    """With keys, the default converter with ``codec`` on every payload, and error messages and stack traces
+    moved into an (encrypted) payload too: Temporal keeps only "Encoded failure" in plain text. Without,
+    no codec at all (the SDK then skips a pass over every payload of every workflow activation: measured
+    as ~13% of throughput), only a converter that refuses encrypted payloads with a clear error."""
+    if codec.encrypts:
+        return dataclasses.replace(
+            DataConverter.default,
+            payload_codec=codec,
+            failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        )
+    return dataclasses.replace(DataConverter.default, payload_converter_class=KeylessPayloadConverter)
 
 
 def _at_exit() -> None:

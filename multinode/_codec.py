@@ -22,9 +22,15 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DefaultPayloadConverter,
+    EncodingPayloadConverter,
+    PayloadCodec,
+)
 
 from multinode.errors import ConfigurationError, MultinodeError
 
@@ -161,3 +167,29 @@ class EncryptionCodec(PayloadCodec):
         except Exception as exc:  # authenticated, so written with our key: not expected
             raise PayloadDecryptionError(f"a payload encrypted with key {key_id!r} holds no payload") from exc
         return decrypted
+
+
+class _RefuseEncrypted(EncodingPayloadConverter):
+    """Decodes nothing: an encrypted payload read without keys fails naming the setting, instead of the
+    SDK's "Unknown payload encoding"."""
+
+    @property
+    def encoding(self) -> str:
+        return ENCODING.decode()
+
+    def to_payload(self, value: Any) -> Payload | None:
+        return None  # never chosen to encode
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
+        raise PayloadDecryptionError(
+            f"a payload is encrypted (with key {key_id!r}), but {ENV_ENCRYPTION_KEYS} is not set: set it to "
+            "the keys the control plane uses."
+        )
+
+
+class KeylessPayloadConverter(CompositePayloadConverter):
+    """Temporal's default payload converters, and one that refuses encrypted payloads (see above)."""
+
+    def __init__(self) -> None:
+        super().__init__(*DefaultPayloadConverter.default_encoding_payload_converters, _RefuseEncrypted())
