@@ -9,13 +9,19 @@ from collections.abc import Mapping
 
 from multinode._codec import ENV_ENCRYPTION_KEYS
 from multinode._settings import DEFAULT_TEMPORAL_ADDRESS, ENV_TEMPORAL_PROFILE, MultinodeSettings
+from multinode.errors import ConfigurationError
 
 ENV_CREDENTIALS_FD = "MULTINODE_CREDENTIALS_FD"
 """A local container's agent reads its secrets (``SECRET_ENV``, as a JSON object) from this descriptor."""
+ENV_CONTAINER_SECRETS = "MULTINODE_SECRETS"
+"""A Fargate container's agent finds its secrets (``secrets_blob`` form) in this variable, which ECS sets
+from the task definition's ``secrets`` (``MULTINODE_CONTAINER_SECRET_ARN``); the agent removes it from
+its environment before anything else runs."""
 SECRET_ENV = (ENV_TEMPORAL_PROFILE, ENV_ENCRYPTION_KEYS)
 """The settings variables that grant something: the Temporal profile (credentials included) and the
 payload encryption keys. Agents hold them; user code never does."""
 _PR_SET_DUMPABLE = 4
+_PUBLIC_PROFILE_KEYS = frozenset({"address", "namespace"})
 
 
 def make_undumpable() -> None:
@@ -51,7 +57,9 @@ def credential_free_env(environ: Mapping[str, str]) -> dict[str, str]:
         "namespace": profile.get("namespace") or environ.get("TEMPORAL_NAMESPACE") or "default",
     }
     env = {
-        k: v for k, v in environ.items() if not k.startswith("TEMPORAL_") and k not in (*SECRET_ENV, ENV_CREDENTIALS_FD)
+        k: v
+        for k, v in environ.items()
+        if not k.startswith("TEMPORAL_") and k not in (*SECRET_ENV, ENV_CREDENTIALS_FD, ENV_CONTAINER_SECRETS)
     }
     env[ENV_TEMPORAL_PROFILE] = json.dumps(public)
     return env
@@ -65,4 +73,30 @@ def secrets_blob(settings_env: Mapping[str, str]) -> str:
 def settings_with_secrets(blob: str, environ: Mapping[str, str]) -> MultinodeSettings:
     """Settings from ``environ``, with the secrets given apart (``secrets_blob``)."""
     secrets = json.loads(blob) if blob else {}
-    return MultinodeSettings.from_env({**environ, **{k: str(secrets.get(k) or "") for k in SECRET_ENV}})
+    if not isinstance(secrets, dict):
+        raise ConfigurationError(
+            "The containers' secret is not a JSON object: put the output of `mn container-secret` in it."
+        )
+    given = {k: str(secrets[k]) for k in SECRET_ENV if secrets.get(k)}
+    return MultinodeSettings.from_env({**environ, **given})
+
+
+def has_secrets(settings_env: Mapping[str, str]) -> bool:
+    """Whether ``settings_env`` (``MultinodeSettings.to_env``) holds anything that grants access: encryption
+    keys, or a Temporal profile with more than an address and a namespace (an API key, TLS material)."""
+    if settings_env.get(ENV_ENCRYPTION_KEYS):
+        return True
+    try:
+        profile = json.loads(settings_env.get(ENV_TEMPORAL_PROFILE) or "{}")
+    except ValueError:
+        return True
+    return any(value for key, value in profile.items() if key not in _PUBLIC_PROFILE_KEYS)
+
+
+def public_settings_env(settings_env: Mapping[str, str]) -> dict[str, str]:
+    """``settings_env`` without its secrets: a profile reduced to address and namespace, no keys."""
+    env = credential_free_env(settings_env)
+    env.pop(ENV_ENCRYPTION_KEYS, None)
+    if ENV_TEMPORAL_PROFILE not in settings_env:
+        del env[ENV_TEMPORAL_PROFILE]
+    return env

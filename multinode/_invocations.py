@@ -328,6 +328,7 @@ def to_invocation(state: InvocationState) -> Invocation:
                 finished_at=e.finished_at,
                 error=_details(e.error),
                 terminated=e.terminated,
+                waiting_for_capacity=e.waiting_for_capacity,
             )
             for e in state.executions
         ],

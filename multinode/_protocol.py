@@ -26,8 +26,12 @@ DEPROVISION_ACTIVITY = "multinode.deprovision_container"
 CANCEL_INVOCATIONS_ACTIVITY = "multinode.cancel_invocations"
 
 DESCRIBE_QUERY = "describe"
+VERSION_ENV_QUERY = "version_env"
+"""The project registry's query for a version's ``.env`` text (asked by a fargate container's agent)."""
 CHILD_STARTED_SIGNAL = "child_started"
 PROGRESS_SIGNAL = "progress"
+PROVISIONING_SIGNAL = "provisioning_wait"
+"""From the provision activity: it waits for capacity (the invocation shows PENDING with why)."""
 PROGRESS_QUERY = "progress"
 REGISTER_UPDATE = "register_version"
 DELETE_UPDATE = "delete_project"
@@ -86,7 +90,7 @@ class VersionRecord:
     provisioner: str
     artifact: dict[str, str]
     """What the provisioner needs to run this version (local: code digest and environment key;
-    fargate: image URI). Never holds the values of the tasks folder's ``.env``."""
+    fargate: image URI pinned by digest). Never holds the values of the tasks folder's ``.env``."""
     functions: dict[str, FunctionRecord]
 
 
@@ -96,6 +100,10 @@ class VersionRegistration:
     provisioner: str
     artifact: dict[str, str]
     functions: dict[str, FunctionRecord]
+    dotenv: str = field(default="", repr=False)
+    """fargate: the tasks folder's ``.env`` (not in the image). The registry keeps it out of its memo and
+    of ``VersionRecord``; containers read it with ``VERSION_ENV_QUERY`` (registration requires payload
+    encryption for it). Empty for local versions: they load the stored folder's file."""
 
 
 @dataclass
@@ -198,6 +206,8 @@ class ExecutionState:
     terminated: bool = False
     container_handle: str | None = None
     """The provisioner's handle of this execution's container (task ARN on Fargate)."""
+    waiting_for_capacity: str | None = None
+    """While provisioning waits for capacity: why (the invocation is PENDING meanwhile)."""
 
 
 @dataclass
@@ -271,6 +281,13 @@ class RunInput:
     """How many progress signals this execution may send to its workflow (history has limits)."""
     progress_bytes_budget: int = 0
     """How many bytes of progress this execution may send to its workflow."""
+
+
+@dataclass
+class ProvisioningWait:
+    execution_id: str
+    reason: str
+    """Why the container cannot start yet, in the backend's words."""
 
 
 @dataclass

@@ -62,6 +62,12 @@ DEFAULT_LOCAL_POOL_SIZE = 2
 """Containers the local provisioner keeps started ahead of time per environment: already connected and
 polling their own task queue, each waiting to be assigned one execution (then replaced). Two cover a
 burst of two starts, and a start while the replacement of the previous one is still connecting."""
+DEFAULT_CAPACITY_WAIT_SECONDS = 1800.0
+"""How long provisioning keeps retrying when the cloud has no capacity for a container (Fargate's
+"Capacity is unavailable", an account's vCPU quota, throttling) before the attempt fails. The
+invocation is PENDING meanwhile, and the wait does not use up ``max_retries``."""
+MAX_CAPACITY_WAIT_SECONDS = 20 * 3600.0
+"""Upper bound of ``MULTINODE_CAPACITY_WAIT_SECONDS`` (a provisioning activity may run for 24 hours)."""
 
 _TEMPORAL_PROFILE_ENV = "MULTINODE_TEMPORAL_PROFILE_JSON"
 ENV_TEMPORAL_PROFILE = _TEMPORAL_PROFILE_ENV
@@ -86,6 +92,8 @@ class MultinodeSettings(BaseModel):
     grace_period_seconds: float = DEFAULT_GRACE_PERIOD_SECONDS
     worker_wait_seconds: float = DEFAULT_WORKER_WAIT_SECONDS
     local_pool_size: int = DEFAULT_LOCAL_POOL_SIZE
+    capacity_wait_seconds: float = DEFAULT_CAPACITY_WAIT_SECONDS
+    """``MULTINODE_CAPACITY_WAIT_SECONDS``: see :data:`DEFAULT_CAPACITY_WAIT_SECONDS`."""
     container_temporal_profile: dict[str, Any] = Field(default_factory=dict)
     """Temporal profile forwarded to containers; empty: ``temporal_profile`` itself."""
     encryption_keys: SecretStr = SecretStr("")
@@ -114,6 +122,7 @@ class MultinodeSettings(BaseModel):
             grace_period_seconds=_float(env, "MULTINODE_GRACE_PERIOD_SECONDS", DEFAULT_GRACE_PERIOD_SECONDS),
             worker_wait_seconds=_float(env, "MULTINODE_WORKER_WAIT_SECONDS", DEFAULT_WORKER_WAIT_SECONDS),
             local_pool_size=_count(env, "MULTINODE_LOCAL_POOL_SIZE", DEFAULT_LOCAL_POOL_SIZE),
+            capacity_wait_seconds=_capacity_wait(env),
             container_temporal_profile=_container_profile(env, profile),
             encryption_keys=_encryption_keys(env),
             encryption_accept_plain=_flag(env, ENV_ACCEPT_PLAIN),
@@ -159,12 +168,24 @@ class MultinodeSettings(BaseModel):
             "MULTINODE_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
             "MULTINODE_WORKER_WAIT_SECONDS": str(self.worker_wait_seconds),
             "MULTINODE_LOCAL_POOL_SIZE": str(self.local_pool_size),
+            "MULTINODE_CAPACITY_WAIT_SECONDS": str(self.capacity_wait_seconds),
             ENV_ENCRYPTION_KEYS: self.encryption_keys.get_secret_value(),
             ENV_ACCEPT_PLAIN: "1" if self.encryption_accept_plain else "",
         }
 
     def with_overrides(self, **changes: Any) -> MultinodeSettings:
         return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
+
+
+def _capacity_wait(env: Mapping[str, str]) -> float:
+    seconds = _float(env, "MULTINODE_CAPACITY_WAIT_SECONDS", DEFAULT_CAPACITY_WAIT_SECONDS)
+    if seconds > MAX_CAPACITY_WAIT_SECONDS:
+        raise ConfigurationError(
+            f"MULTINODE_CAPACITY_WAIT_SECONDS={seconds:g} is over the limit of {MAX_CAPACITY_WAIT_SECONDS:g} "
+            "(20 hours): set a shorter wait.",
+            parameter="MULTINODE_CAPACITY_WAIT_SECONDS",
+        )
+    return seconds
 
 
 def _container_profile(env: Mapping[str, str], own: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class Execution:
     finished_at: datetime | None
     error: ErrorDetails | None
     terminated: bool
+    waiting_for_capacity: str | None = None
+    """While the cloud has no room for this execution's container yet (the invocation is PENDING): why,
+    in the cloud's words. Provisioning retries for ``MULTINODE_CAPACITY_WAIT_SECONDS``."""
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class ErrorType(_Vocabulary):
     """This control-plane worker has no backend of that name (another worker on the queue may)."""
     VERSION_NOT_STORED = "VersionNotStoredError"
     """The local provisioner's home lacks the version (another worker on the queue may have it)."""
+    CAPACITY_UNAVAILABLE = "CapacityUnavailableError"
+    """Provisioning waited ``MULTINODE_CAPACITY_WAIT_SECONDS`` for capacity in vain."""
     LOG_READ = "LogReadError"
     WORKFLOW_CLOSED = "WorkflowClosedError"
     """The invocation's workflow was closed outside Multinode (terminated, say)."""
@@ -96,6 +98,9 @@ class InterruptReason(_Vocabulary):
 class ContainerState(_Vocabulary):
     """Whether a provisioner's container still runs."""
 
+    STARTING = "starting"
+    """Accepted, but the backend has not yet found capacity for it (Fargate: PROVISIONING); it may still
+    fail to start for lack of capacity. Counts as running for everything but provisioning."""
     RUNNING = "running"
     EXITED = "exited"
 

@@ -45,11 +45,19 @@ EXECUTION_ROLE_POLICY = json.dumps(
                     "logs:PutLogEvents",
                 ],
                 "Resource": "*",
-            }
+            },
+            {
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": "arn:aws:secretsmanager:*:*:secret:multinode-test-*",
+            },
         ],
     }
 )
-"""What AmazonECSTaskExecutionRolePolicy grants (inline: moto does not load AWS managed policies)."""
+"""What AmazonECSTaskExecutionRolePolicy grants (inline: moto does not load AWS managed policies), and
+reading the tests' container secrets (``secrets`` of the task definitions)."""
+CLUSTER_CAPACITY_PROVIDERS = ["FARGATE", "FARGATE_SPOT"]
+"""The test clusters' capacity providers, as the Terraform module's (FARGATE the default)."""
 
 moto_only = pytest.mark.skipif(REAL_AWS, reason="needs moto (a fake data plane runs the tasks as local processes)")
 
@@ -262,16 +270,28 @@ def running_task_arns(ecs: Any, cluster: str) -> list[str]:
 
 @pytest.fixture(name="fargate_settings")
 def fixture_fargate_settings(aws_env: AwsTarget, aws_network: AwsNetwork) -> Iterator[FargateSettings]:
-    """A cluster and log group of this test's own, as FargateSettings; stops what the test left running."""
+    """A cluster (capacity providers FARGATE and FARGATE_SPOT), log group and container secret of this
+    test's own, as FargateSettings; stops what the test left running.
+
+    The container secret (``container_secret_arn``, a Secrets Manager secret) holds ``{}``: a test whose
+    containers need their Temporal profile puts the real value (``mn container-secret``'s JSON) there."""
     ecs = aws_env.client("ecs")
     logs = aws_env.client("logs")
+    secrets = aws_env.client("secretsmanager")
     name = f"multinode-test-{uuid.uuid4().hex[:10]}"
-    ecs.create_cluster(clusterName=name)
+    ecs.create_cluster(
+        clusterName=name,
+        capacityProviders=CLUSTER_CAPACITY_PROVIDERS,
+        defaultCapacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 1}],
+    )
     log_group = f"/multinode-test/{name}"
     logs.create_log_group(logGroupName=log_group)
     if aws_env.real:
         logs.put_retention_policy(logGroupName=log_group, retentionInDays=1)
+    secret_arn = secrets.create_secret(Name=name, SecretString="{}")["ARN"]
     try:
+        # Passed by name: pydantic ignores a field FargateSettings does not have (yet).
+        settings_fields: dict[str, Any] = {"container_secret_arn": secret_arn}
         yield FargateSettings(
             region=aws_env.region,
             cluster=name,
@@ -281,6 +301,7 @@ def fixture_fargate_settings(aws_env: AwsTarget, aws_network: AwsNetwork) -> Ite
             execution_role_arn=aws_network.execution_role_arn,
             task_role_arn=aws_network.task_role_arn,
             log_group=log_group,
+            **settings_fields,
         )
     finally:
         left = running_task_arns(ecs, name)
@@ -290,6 +311,9 @@ def fixture_fargate_settings(aws_env: AwsTarget, aws_network: AwsNetwork) -> Ite
             ecs.get_waiter("tasks_stopped").wait(cluster=name, tasks=left)
         _retry_cleanup(lambda: ecs.delete_cluster(cluster=name), f"cluster {name}")
         _retry_cleanup(lambda: logs.delete_log_group(logGroupName=log_group), f"log group {log_group}")
+        _retry_cleanup(
+            lambda: secrets.delete_secret(SecretId=secret_arn, ForceDeleteWithoutRecovery=True), f"secret {name}"
+        )
         assert not left, f"the test left ECS tasks running: {left}"
 
 

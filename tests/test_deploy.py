@@ -1,8 +1,9 @@
 """The AWS deployment files: deploy/terraform, docker-compose.temporal.yml, deploy/Dockerfile.worker.
 
 The Terraform module is applied for real against a moto server (AWS mocked on 127.0.0.1): terraform
-init (offline, from a local provider mirror), validate, apply, read the outputs, check the resources
-through boto3, destroy. The compose file and the worker Dockerfile are checked statically, since no
+init (offline, from a local provider mirror, with the committed lock file read-only), validate, apply,
+read the outputs, check the resources through boto3, apply again with private subnets and VPC
+endpoints, destroy. The compose file and the worker Dockerfile are checked statically, since no
 Docker engine runs where these tests run; the compose file's namespace setup script also runs against
 a Temporal dev server.
 """
@@ -48,6 +49,9 @@ WORKER_ENV_VARS = (
     "MULTINODE_TASK_ROLE_ARN",
     "MULTINODE_LOG_GROUP",
     "MULTINODE_ECR_REPOSITORY",
+    "MULTINODE_CONTAINER_SECRET_ARN",
+    "MULTINODE_TASK_FAMILY_PREFIX",
+    "MULTINODE_FARGATE_SPOT",
     "MULTINODE_TASK_QUEUE",
 )
 """Every variable the Fargate provisioner's worker reads, all in the worker_environment output."""
@@ -62,6 +66,9 @@ OUTPUT_OF_VAR = {
     "MULTINODE_TASK_ROLE_ARN": "task_role_arn",
     "MULTINODE_LOG_GROUP": "log_group",
     "MULTINODE_ECR_REPOSITORY": "ecr_repository",
+    "MULTINODE_CONTAINER_SECRET_ARN": "container_secret_arn",
+    "MULTINODE_TASK_FAMILY_PREFIX": "name_prefix",
+    "MULTINODE_FARGATE_SPOT": "fargate_spot",
 }
 """The single output that holds each variable too (the names the provisioner's errors point to)."""
 
@@ -70,7 +77,7 @@ OUTPUT_OF_VAR = {
 TERRAFORM = shutil.which("terraform")
 PROVIDER_VERSION_CONSTRAINT = (5, 100)
 """deploy/terraform/versions.tf asks for hashicorp/aws ~> 5.100."""
-MOTO_SERVICES = ("ecs", "iam", "logs", "ecr", "ec2", "sts")
+MOTO_SERVICES = ("ecs", "iam", "logs", "ecr", "ec2", "sts", "secretsmanager")
 REGION = "eu-west-1"
 PREFIX = "mntest"
 WORKER_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mntest/worker:test"
@@ -79,6 +86,7 @@ TASK_INLINE_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::mntest-data/*"}],
 }
+CONTAINER_SECRETS = {"MULTINODE_TEMPORAL_PROFILE": '{"address": "temporal.example.internal:7233"}'}
 TF_VARS: dict[str, Any] = {
     "region": REGION,
     "name_prefix": PREFIX,
@@ -92,7 +100,33 @@ TF_VARS: dict[str, Any] = {
     "worker_image": WORKER_IMAGE,
     # A JSON key after the ARN: the execution role must be granted the secret itself.
     "worker_secrets": {"TEMPORAL_API_KEY": API_KEY_SECRET + ":apikey::"},
+    "fargate_spot": "retried",
+    # moto implements CreateServiceLinkedRole, so the fresh-account path is the one applied here.
+    "create_ecs_service_linked_role": True,
+    "container_secrets": json.dumps(CONTAINER_SECRETS),
+    "container_secret_recovery_days": 0,
+    "ecr_untagged_expiry_days": 3,
+    "ecr_keep_tagged_images": 200,
 }
+ECS_LINKED_ROLE_PATH = "/aws-service-role/ecs.amazonaws.com/"
+IAM_PREFIX = f"{PREFIX}-{REGION}"
+"""IAM names are account-wide, so they carry the region."""
+WORKER_ACTIONS = sorted(
+    [
+        "ecs:RegisterTaskDefinition",
+        "ecs:DescribeTaskDefinition",
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:ListTasks",
+        "ecs:StopTask",
+        "ecs:TagResource",
+        "iam:PassRole",
+        "logs:GetLogEvents",
+    ]
+)
+"""Every AWS call the control-plane worker makes, and nothing more (no ECR, no deregistration)."""
+PRIVATE_ENDPOINTS = {"ecr.api", "ecr.dkr", "logs", "secretsmanager", "ecs", "s3"}
+"""VPC endpoints of private subnets without a NAT gateway (ecs: the worker service runs there too)."""
 TIMINGS: dict[str, float] = {}
 """Seconds per terraform step, printed at the end of the module (pytest -s shows them)."""
 
@@ -215,7 +249,8 @@ def terraform(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
         AWS_EC2_METADATA_DISABLED="true",
     )
     tf = Terraform(workdir, env)
-    tf.run("init", "-input=false", timing="init")
+    # readonly: init fails if the mirror's provider matches none of the committed lock file's hashes.
+    tf.run("init", "-input=false", "-lockfile=readonly", timing="init")
     tf.run("validate", timing="validate")
     yield tf
     if TIMINGS:
@@ -254,12 +289,37 @@ def test_terraform_module_is_formatted() -> None:
 
 
 @needs_terraform
+def test_terraform_lock_file_is_committed_and_matches_the_mirror(terraform: Terraform) -> None:
+    """The lock file pins the mirror's provider; `init -lockfile=readonly` (the fixture) accepted it."""
+    committed = (TERRAFORM_MODULE / ".terraform.lock.hcl").read_text()
+    assert (terraform.workdir / ".terraform.lock.hcl").read_text() == committed  # copied, and init left it alone
+    (block,) = re.findall(r'provider "registry\.terraform\.io/hashicorp/aws" \{(.*?)\n\}', committed, re.S)
+    version = re.search(r'version\s+=\s+"([^"]+)"', block)
+    assert version and (MIRROR / "registry.terraform.io/hashicorp/aws" / version.group(1) / "linux_amd64").is_dir()
+    versions_tf = (TERRAFORM_MODULE / "versions.tf").read_text()
+    required = re.search(r'source\s*=\s*"hashicorp/aws"[^}]*?\bversion\s*=\s*"([^"]+)"', versions_tf, re.S)
+    assert required and f'constraints = "{required.group(1)}"' in block
+    hashes = re.findall(r'"((?:h1|zh):[^"]+)"', block)
+    # h1: the unpacked linux_amd64 package (what the mirror holds); zh: the release's zip of each platform,
+    # so `terraform init` from the registry on macOS or Windows accepts the same lock file.
+    assert any(h.startswith("h1:") for h in hashes) and sum(h.startswith("zh:") for h in hashes) >= 10, hashes
+    assert hashes == sorted(hashes) and len(set(hashes)) == len(hashes)
+    assert ".terraform.lock.hcl" not in (TERRAFORM_MODULE / ".gitignore").read_text()
+
+
+@needs_terraform
 @pytest.mark.timeout(300)
-def test_terraform_needs_a_network(terraform: Terraform) -> None:
-    """Without create_vpc, vpc_id and subnet_ids are required, with a message saying so."""
-    done = terraform.run("plan", "-input=false", "-var", "create_vpc=false", check=False, timing="plan-without-vpc")
+def test_terraform_rejects_incomplete_settings(terraform: Terraform) -> None:
+    """Without create_vpc, vpc_id and subnet_ids are required; a NAT gateway needs private subnets of the
+    module's VPC; fargate_spot takes three values. One plan reports all of them, each saying what to do."""
+    bad = ("-var", "create_vpc=false", "-var", "nat_gateway=true", "-var", "fargate_spot=sometimes")
+    done = terraform.run("plan", "-input=false", *bad, check=False, timing="plan-rejected")
     assert done.returncode != 0
-    assert "Set vpc_id and subnet_ids" in done.stderr, done.stderr
+    stderr = " ".join(done.stderr.split())  # messages are wrapped
+    assert "Set vpc_id and subnet_ids" in stderr, stderr
+    assert "nat_gateway = true needs private_subnets = true" in stderr, stderr
+    assert "private_subnets and nat_gateway shape the VPC that create_vpc = true creates" in stderr, stderr
+    assert "fargate_spot must be off, retried or all" in stderr, stderr
 
 
 @needs_terraform
@@ -268,12 +328,28 @@ def test_terraform_apply_against_moto(terraform: Terraform, moto_endpoint: str) 
     var_file = "-var-file=moto.tfvars.json"
     terraform.run("apply", "-auto-approve", "-input=false", var_file, timing="apply")
     try:
-        outputs = {k: v["value"] for k, v in json.loads(terraform.run("output", "-json").stdout).items()}
+        outputs = _outputs(terraform)
         _check_outputs(outputs)
         _check_resources(outputs, moto_endpoint)
+        # In a fresh account the cluster must wait for the service-linked role: the state records the order.
+        state = json.loads((terraform.workdir / "terraform.tfstate").read_text())
+        (cluster,) = [r for r in state["resources"] if r["type"] == "aws_ecs_cluster"]
+        assert "aws_iam_service_linked_role.ecs" in cluster["instances"][0]["dependencies"]
+        # The same deployment moved to private subnets: no public IPs, AWS through VPC endpoints.
+        private = ("-var", "private_subnets=true")
+        terraform.run(
+            "apply", "-auto-approve", "-input=false", "-refresh=false", var_file, *private, timing="apply-private"
+        )
+        _check_private_network(_outputs(terraform), outputs, moto_endpoint)
     finally:
-        terraform.run("destroy", "-auto-approve", "-input=false", var_file, timing="destroy")
+        # As the tear-down docs advise: the account's ECS service-linked role stays (other ECS users share it).
+        terraform.run("state", "rm", "aws_iam_service_linked_role.ecs[0]", check=False)
+        terraform.run("destroy", "-auto-approve", "-input=false", "-refresh=false", var_file, timing="destroy")
     _check_destroyed(outputs, moto_endpoint)
+
+
+def _outputs(terraform: Terraform) -> dict[str, Any]:
+    return {k: v["value"] for k, v in json.loads(terraform.run("output", "-json").stdout).items()}
 
 
 def _check_outputs(outputs: dict[str, Any]) -> None:
@@ -292,14 +368,20 @@ def _check_outputs(outputs: dict[str, Any]) -> None:
     assert len(groups) == 1 and groups[0].startswith("sg-"), groups
     assert env["MULTINODE_ASSIGN_PUBLIC_IP"] == "true"  # the module's VPC has public subnets, no NAT
     assert re.fullmatch(
-        rf"arn:aws:iam::\d{{12}}:role/{PREFIX}-task-execution", env["MULTINODE_TASK_EXECUTION_ROLE_ARN"]
+        rf"arn:aws:iam::\d{{12}}:role/{IAM_PREFIX}-task-execution", env["MULTINODE_TASK_EXECUTION_ROLE_ARN"]
     )
-    assert re.fullmatch(rf"arn:aws:iam::\d{{12}}:role/{PREFIX}-function-task", env["MULTINODE_TASK_ROLE_ARN"])
+    assert re.fullmatch(rf"arn:aws:iam::\d{{12}}:role/{IAM_PREFIX}-function-task", env["MULTINODE_TASK_ROLE_ARN"])
     assert env["MULTINODE_LOG_GROUP"] == f"/{PREFIX}/functions"
     assert re.fullmatch(
         rf"\d{{12}}\.dkr\.ecr\.{REGION}\.amazonaws\.com/{PREFIX}/functions", env["MULTINODE_ECR_REPOSITORY"]
     ), env["MULTINODE_ECR_REPOSITORY"]
     assert env["MULTINODE_TASK_QUEUE"] == "multinode"
+    assert re.fullmatch(
+        rf"arn:aws:secretsmanager:{REGION}:\d{{12}}:secret:{PREFIX}/container-secrets-\w{{6}}",
+        env["MULTINODE_CONTAINER_SECRET_ARN"],
+    ), env["MULTINODE_CONTAINER_SECRET_ARN"]
+    assert env["MULTINODE_TASK_FAMILY_PREFIX"] == PREFIX
+    assert env["MULTINODE_FARGATE_SPOT"] == TF_VARS["fargate_spot"]
     assert env["TEMPORAL_ADDRESS"] == TF_VARS["temporal_address"]
     assert env["TEMPORAL_NAMESPACE"] == TF_VARS["temporal_namespace"]
 
@@ -320,12 +402,19 @@ def _check_outputs(outputs: dict[str, Any]) -> None:
     assert fargate.task_role_arn == env["MULTINODE_TASK_ROLE_ARN"]
     assert fargate.log_group == env["MULTINODE_LOG_GROUP"]
     assert fargate.ecr_repository == env["MULTINODE_ECR_REPOSITORY"]
+    assert fargate.container_secret_arn == env["MULTINODE_CONTAINER_SECRET_ARN"]
+    assert fargate.task_family_prefix == PREFIX and fargate.spot == TF_VARS["fargate_spot"]
 
 
 def _check_resources(outputs: dict[str, Any], endpoint: str) -> None:
     env = outputs["worker_environment"]
     ecs, iam, logs = _client("ecs", endpoint), _client("iam", endpoint), _client("logs", endpoint)
-    ecr, ec2 = _client("ecr", endpoint), _client("ec2", endpoint)
+    ecr, ec2, secrets = _client("ecr", endpoint), _client("ec2", endpoint), _client("secretsmanager", endpoint)
+
+    # The account's ECS service-linked role (create_ecs_service_linked_role), made before the cluster.
+    # (AWS names it AWSServiceRoleForECS; moto derives another name, so it is found by its path.)
+    (linked,) = iam.list_roles(PathPrefix=ECS_LINKED_ROLE_PATH)["Roles"]
+    assert linked["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": ["ecs.amazonaws.com"]}
 
     # Cluster with the Fargate capacity providers.
     (cluster,) = ecs.describe_clusters(clusters=[env["MULTINODE_ECS_CLUSTER"]])["clusters"]
@@ -342,6 +431,30 @@ def _check_resources(outputs: dict[str, Any], endpoint: str) -> None:
     uris = {r["repositoryName"]: r["repositoryUri"] for r in repositories["repositories"]}
     assert uris[f"{PREFIX}/functions"] == env["MULTINODE_ECR_REPOSITORY"]
     assert uris[f"{PREFIX}/worker"] == outputs["worker_ecr_repository"]
+    # Lifecycle: untagged images expire after ecr_untagged_expiry_days; with ecr_keep_tagged_images, the
+    # functions repository keeps that many tagged images (rule priority after the untagged one).
+    for name, rule_count in ((f"{PREFIX}/functions", 2), (f"{PREFIX}/worker", 1)):
+        rules = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])["rules"]
+        assert len(rules) == rule_count, rules
+        assert rules[0]["selection"] == {
+            "tagStatus": "untagged",
+            "countType": "sinceImagePushed",
+            "countUnit": "days",
+            "countNumber": TF_VARS["ecr_untagged_expiry_days"],
+        }
+        assert all(rule["action"] == {"type": "expire"} for rule in rules)
+    rules = json.loads(ecr.get_lifecycle_policy(repositoryName=f"{PREFIX}/functions")["lifecyclePolicyText"])["rules"]
+    assert rules[1]["rulePriority"] > rules[0]["rulePriority"]
+    assert rules[1]["selection"] == {
+        "tagStatus": "any",
+        "countType": "imageCountMoreThan",
+        "countNumber": TF_VARS["ecr_keep_tagged_images"],
+    }
+
+    # The container secret, with the value container_secrets gave it.
+    secret_arn = env["MULTINODE_CONTAINER_SECRET_ARN"]
+    assert json.loads(secrets.get_secret_value(SecretId=secret_arn)["SecretString"]) == CONTAINER_SECRETS
+    assert secrets.describe_secret(SecretId=secret_arn)["Name"] == f"{PREFIX}/container-secrets"
 
     # Network: subnets of the created VPC; a security group with all egress and no ingress.
     subnets = ec2.describe_subnets(SubnetIds=env["MULTINODE_SUBNETS"].split(","))["Subnets"]
@@ -366,7 +479,7 @@ def _check_resources(outputs: dict[str, Any], endpoint: str) -> None:
         assert role["Arn"] == arn
         (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
         assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
-    execution = f"{PREFIX}-task-execution"
+    execution = f"{IAM_PREFIX}-task-execution"
     (name,) = iam.list_role_policies(RoleName=execution)["PolicyNames"]
     statements = _statements(iam.get_role_policy(RoleName=execution, PolicyName=name)["PolicyDocument"])
     repository_arn = f"arn:aws:ecr:{REGION}:123456789012:repository/{PREFIX}/functions"
@@ -375,36 +488,60 @@ def _check_resources(outputs: dict[str, Any], endpoint: str) -> None:
     assert statements["EcrPullFunctionImages"]["Resource"] == [repository_arn]
     assert statements["WriteFunctionLogs"]["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert statements["WriteFunctionLogs"]["Resource"] == [f"{log_group_arn}:log-stream:*"]
+    # ECS reads the container secret (MULTINODE_SECRETS) with the execution role: that one ARN only.
+    assert statements["ReadContainerSecret"]["Action"] == ["secretsmanager:GetSecretValue"]
+    assert statements["ReadContainerSecret"]["Resource"] == [secret_arn]
+    assert set(statements) == {"EcrAuth", "EcrPullFunctionImages", "WriteFunctionLogs", "ReadContainerSecret"}
     assert iam.list_attached_role_policies(RoleName=execution)["AttachedPolicies"] == []
-    task = f"{PREFIX}-function-task"
+    task = f"{IAM_PREFIX}-function-task"
     assert iam.list_attached_role_policies(RoleName=task)["AttachedPolicies"] == []
     assert iam.get_role_policy(RoleName=task, PolicyName="user-code")["PolicyDocument"] == TASK_INLINE_POLICY
 
-    # The worker's policy: run tasks in this cluster only, pass exactly the two function roles, read
-    # the functions' logs, push function images; attached to the worker role.
+    # The worker's policy: exactly the calls the worker makes. RunTask only Multinode's task-definition
+    # families, in this cluster; stop/watch only this cluster's tasks; tags only as RunTask or
+    # RegisterTaskDefinition create the resource; pass exactly the two function roles; read the logs.
     policy = iam.get_policy(PolicyArn=outputs["worker_policy_arn"])["Policy"]
+    assert policy["PolicyName"] == f"{IAM_PREFIX}-worker"
     document = iam.get_policy_version(PolicyArn=policy["Arn"], VersionId=policy["DefaultVersionId"])
     statements = _statements(document["PolicyVersion"]["Document"])
     assert statements == _statements(outputs["worker_policy_json"])
+    assert sorted(a for s in statements.values() for a in s["Action"]) == WORKER_ACTIONS
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    cluster_condition = {"ArnEquals": {"ecs:cluster": outputs["ecs_cluster_arn"]}}
+    families = f"arn:aws:ecs:{REGION}:123456789012:task-definition/{PREFIX}-fn-*"
     run = statements["RunFunctionTasksInTheCluster"]
-    assert run["Action"] == ["ecs:DescribeTasks", "ecs:ListTasks", "ecs:RunTask", "ecs:StopTask"]
-    assert run["Condition"] == {"ArnEquals": {"ecs:cluster": outputs["ecs_cluster_arn"]}}
-    assert "ecs:RegisterTaskDefinition" in statements["ManageTaskDefinitions"]["Action"]
-    assert "ecs:TagResource" in statements["TagTasksAndTaskDefinitions"]["Action"]
+    assert run["Action"] == ["ecs:RunTask"] and run["Resource"] == [families]
+    assert run["Condition"] == cluster_condition
+    watch = statements["WatchAndStopTasksInTheCluster"]
+    assert watch["Action"] == ["ecs:DescribeTasks", "ecs:ListTasks", "ecs:StopTask"]
+    assert watch["Condition"] == cluster_condition
+    register = statements["RegisterTaskDefinitions"]  # no resource-level permissions in AWS
+    assert register["Action"] == ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"]
+    assert register["Resource"] == ["*"] and "Condition" not in register
+    tag = statements["TagOnCreate"]
+    assert tag["Action"] == ["ecs:TagResource"]
+    assert tag["Resource"] == sorted([f"arn:aws:ecs:{REGION}:123456789012:task/{PREFIX}/*", families])
+    assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": ["RunTask", "RegisterTaskDefinition"]}}
     passrole = statements["PassFunctionRoles"]
     assert passrole["Action"] == ["iam:PassRole"]
     assert passrole["Resource"] == sorted([role_arns["execution"], role_arns["task"]])
     assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
-    assert "logs:GetLogEvents" in statements["ReadFunctionLogs"]["Action"]
-    assert statements["ReadFunctionLogs"]["Resource"] == sorted([log_group_arn, f"{log_group_arn}:log-stream:*"])
-    push = statements["PushAndReadFunctionImages"]
-    assert {"ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart"} <= set(push["Action"])
-    assert push["Resource"] == [repository_arn]
-    every_action = [action for s in statements.values() for action in s["Action"]]
-    assert not [a for a in every_action if a == "*" or a.endswith(":*")], every_action
-    attached = iam.list_attached_role_policies(RoleName=f"{PREFIX}-worker")["AttachedPolicies"]
+    assert statements["ReadFunctionLogs"]["Resource"] == [f"{log_group_arn}:log-stream:*"]
+    attached = iam.list_attached_role_policies(RoleName=f"{IAM_PREFIX}-worker")["AttachedPolicies"]
     assert [p["PolicyArn"] for p in attached] == [outputs["worker_policy_arn"]]
-    assert iam.get_policy(PolicyArn=outputs["register_policy_arn"])["Policy"]["PolicyName"] == f"{PREFIX}-register"
+
+    # Registration: check and push function images; nothing else.
+    policy = iam.get_policy(PolicyArn=outputs["register_policy_arn"])["Policy"]
+    assert policy["PolicyName"] == f"{IAM_PREFIX}-register"
+    document = iam.get_policy_version(PolicyArn=policy["Arn"], VersionId=policy["DefaultVersionId"])
+    statements = _statements(document["PolicyVersion"]["Document"])
+    assert statements["EcrAuth"]["Action"] == ["ecr:GetAuthorizationToken"]
+    push = statements["CheckAndPushFunctionImages"]
+    assert push["Resource"] == [repository_arn]
+    assert push["Action"] == sorted(
+        ["ecr:DescribeImages", "ecr:BatchGetImage", "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload"]
+        + ["ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage"]
+    )
 
     # The optional worker service: `mn worker` with worker_environment and the API key as a secret.
     (service,) = ecs.describe_services(cluster=PREFIX, services=[outputs["worker_service"]])["services"]
@@ -420,15 +557,56 @@ def _check_resources(outputs: dict[str, Any], endpoint: str) -> None:
     assert container["image"] == WORKER_IMAGE and container["command"] == ["mn", "worker"]
     container_env = {e["name"]: e["value"] for e in container["environment"]}
     assert {k: container_env.get(k) for k in env} == env
+    # `mn worker` serves /healthz; ECS asks it through the health module and replaces a worker that fails.
+    assert container_env["MULTINODE_WORKER_HEALTH_PORT"] == "8079"
+    assert container["healthCheck"]["command"] == ["CMD", "python", "-m", "multinode.control_plane.health"]
+    assert container["healthCheck"]["startPeriod"] >= 30
     assert container["secrets"] == [
         {"name": "TEMPORAL_API_KEY", "valueFrom": TF_VARS["worker_secrets"]["TEMPORAL_API_KEY"]}
     ]
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["worker_log_group"]
-    worker_execution = f"{PREFIX}-worker-execution"
+    worker_execution = f"{IAM_PREFIX}-worker-execution"
     assert definition["executionRoleArn"].endswith(f":role/{worker_execution}")
     (name,) = iam.list_role_policies(RoleName=worker_execution)["PolicyNames"]
     statements = _statements(iam.get_role_policy(RoleName=worker_execution, PolicyName=name)["PolicyDocument"])
     assert statements["ReadWorkerSecrets"]["Resource"] == [API_KEY_SECRET]
+
+
+def _check_private_network(outputs: dict[str, Any], public: dict[str, Any], endpoint: str) -> None:
+    """private_subnets = true without a NAT gateway: tasks in private subnets, no public IP, and VPC
+    endpoints for ECR (API and registry), CloudWatch Logs, Secrets Manager, ECS, plus the S3 gateway."""
+    env, ec2, ecs = outputs["worker_environment"], _client("ec2", endpoint), _client("ecs", endpoint)
+    assert env["MULTINODE_ASSIGN_PUBLIC_IP"] == "false" and outputs["assign_public_ip"] == "false"
+    subnet_ids = env["MULTINODE_SUBNETS"].split(",")
+    assert len(subnet_ids) == TF_VARS["az_count"]
+    assert not set(subnet_ids) & set(public["subnets"].split(","))
+    subnets = ec2.describe_subnets(SubnetIds=subnet_ids)["Subnets"]
+    assert {s["VpcId"] for s in subnets} == {public["vpc_id"]}
+    assert not any(s["MapPublicIpOnLaunch"] for s in subnets)
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": subnet_ids}])
+    (table,) = tables["RouteTables"]
+    routes = table["Routes"]
+    assert not [r for r in routes if r.get("GatewayId", "").startswith("igw-") or r.get("NatGatewayId")], routes
+    assert outputs.get("nat_public_ip") is None  # terraform output leaves null outputs out
+
+    found = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [public["vpc_id"]]}])["VpcEndpoints"]
+    by_service = {e["ServiceName"].removeprefix(f"com.amazonaws.{REGION}."): e for e in found}
+    assert set(by_service) == PRIVATE_ENDPOINTS
+    assert outputs["vpc_endpoint_ids"] == {name: e["VpcEndpointId"] for name, e in by_service.items()}
+    assert by_service["s3"]["VpcEndpointType"] == "Gateway"
+    assert by_service["s3"]["RouteTableIds"] == [table["RouteTableId"]]
+    for name in PRIVATE_ENDPOINTS - {"s3"}:
+        interface = by_service[name]
+        assert interface["VpcEndpointType"] == "Interface" and interface["PrivateDnsEnabled"], interface
+        assert sorted(interface["SubnetIds"]) == sorted(subnet_ids)
+    group_ids = {g["GroupId"] for e in by_service.values() for g in e.get("Groups", [])}
+    (group,) = ec2.describe_security_groups(GroupIds=sorted(group_ids))["SecurityGroups"]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in group["IpPermissions"]] == [("tcp", 443, 443)]
+
+    # The worker service moved along, without a public IP either.
+    (service,) = ecs.describe_services(cluster=PREFIX, services=[outputs["worker_service"]])["services"]
+    network = service["networkConfiguration"]["awsvpcConfiguration"]
+    assert sorted(network["subnets"]) == sorted(subnet_ids) and network["assignPublicIp"] == "DISABLED"
 
 
 def _check_destroyed(outputs: dict[str, Any], endpoint: str) -> None:
@@ -438,6 +616,12 @@ def _check_destroyed(outputs: dict[str, Any], endpoint: str) -> None:
     assert logs.describe_log_groups(logGroupNamePrefix=f"/{PREFIX}/")["logGroups"] == []
     assert ecr.describe_repositories()["repositories"] == []
     assert [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(PREFIX)] == []
+    assert len(iam.list_roles(PathPrefix=ECS_LINKED_ROLE_PATH)["Roles"]) == 1  # removed from the state, kept
+    assert _client("secretsmanager", endpoint).list_secrets()["SecretList"] == []
+    ec2 = _client("ec2", endpoint)
+    assert ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [outputs["vpc_id"]]}])["Vpcs"] == []
+    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [outputs["vpc_id"]]}])
+    assert [e for e in endpoints["VpcEndpoints"] if e["State"] != "deleted"] == []
 
 
 # --- docker-compose.temporal.yml --------------------------------------------------------------------

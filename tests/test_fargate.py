@@ -422,9 +422,10 @@ def test_expired_credentials_are_a_clear_error(stubbed: tuple[FargateProvisioner
 
 def test_throttling_that_outlasts_the_retries_stays_retryable(stubbed: tuple[FargateProvisioner, Stubber]) -> None:
     provisioner, stubber = stubbed
-    stubber.add_client_error("run_task", service_error_code="ThrottlingException", http_status_code=400)
+    stubber.add_client_error("describe_tasks", service_error_code="ThrottlingException", http_status_code=400)
     with pytest.raises(ClientError, match="ThrottlingException"):  # not ProvisionerError: the activity retries
-        provisioner.start(spec())
+        provisioner.status("arn:aws:ecs:eu-west-1:123456789012:task/multinode/0123456789abcdef0123456789abcdef")
+    # At RunTask, throttling means "wait for capacity" (tests/test_fargate_capacity.py).
 
 
 def test_run_task_failures_become_a_provisioner_error(stubbed: tuple[FargateProvisioner, Stubber]) -> None:
@@ -439,8 +440,8 @@ def test_run_task_failures_become_a_provisioner_error(stubbed: tuple[FargateProv
 
 def test_oversized_environment_is_refused_before_calling_aws(stubbed: tuple[FargateProvisioner, Stubber]) -> None:
     provisioner, _ = stubbed
-    with pytest.raises(ProvisionerError, match="over ECS's limit of 8192.*TEMPORAL_TLS_CERT"):
-        provisioner.start(spec(environment={"TEMPORAL_TLS_CERT": "x" * 9000, "SMALL": "1"}))
+    with pytest.raises(ProvisionerError, match="over ECS's limit of 8192.*MULTINODE_BIG"):
+        provisioner.start(spec(environment={"MULTINODE_BIG": "x" * 9000, "SMALL": "1"}))
 
 
 def test_missing_image_means_a_version_registered_for_local(stubbed: tuple[FargateProvisioner, Stubber]) -> None:
@@ -477,6 +478,7 @@ def test_start_launches_a_sized_tagged_task_and_stop_stops_it(
         "function": "crunch_numbers",  # sanitized
         "invocation": container_spec.invocation_id,
         "execution": container_spec.execution_id,
+        "namespace": "default",
     }
     (run,) = run_calls
     assert run["clientToken"] == container_spec.execution_id
@@ -751,11 +753,12 @@ def test_fake_data_plane_runs_a_task_and_stop_task_kills_it(
     assert f"started in {image.workdir} with: -m multinode._runtime.container\n" in text
     assert "GREETING=hello from the overrides PYTHONUNBUFFERED=1\n" in text
     assert provisioner.status(arn).state == "running"
-    provisioner.stop(arn)
-    assert_eventually(lambda: not _alive(pid), timeout=30)  # at the fake's next poll of moto
-    assert_eventually(lambda: fake.exit_codes.get(arn) == 137)
+    provisioner.stop(arn)  # returns once ECS reports the task stopped, as on Fargate
+    assert not _alive(pid), fake.errors
+    assert fake.exit_codes.get(arn) == 143  # SIGTERM ended it
     status = provisioner.status(arn)
-    assert status.state == "exited" and status.exit_code is None and STOP_REASON in status.reason
+    assert status.state == "exited" and status.exit_code == 143
+    assert status.reason == f"exited with code 143 (killed by SIGTERM) (ECS UserInitiated: {STOP_REASON})"
 
 
 @moto_only
@@ -774,7 +777,7 @@ def test_task_that_exits_with_an_error_is_reported_with_exit_code_and_output(
     arn = provisioner.start(spec())
     status = exited(provisioner, arn)
     assert status.exit_code == 3
-    assert status.reason == "exited with code 3 (ECS Essential container in task exited (exit code 3))"
+    assert status.reason == "exited with code 3 (ECS EssentialContainerExited: Essential container in task exited)"
     assert provisioner.logs(arn)[0] == "working\nTraceback (most recent call last): boom\n"
     provisioner.stop(arn)  # deprovisioning a task that ended keeps why it ended
     assert provisioner.status(arn).exit_code == 3
@@ -888,15 +891,26 @@ def fargate_stack(
     fake = fake_fargate(resolve)
 
     def register(files: dict[str, str]) -> VersionRecord:
+        import boto3
+
+        from multinode.artifacts.image import write_build_context
         from multinode.control_plane.registration import register_async
+        from tests import ecr
 
         folder = write_tasks(tmp_path / f"tasks-{uuid.uuid4().hex[:6]}", files)
-        uri = f"123456789012.dkr.ecr.{fargate_settings.region}.amazonaws.com/multinode-test:{uuid.uuid4().hex[:12]}"
-        record = asyncio.run(register_async(folder, project_name, settings, image=uri))
-        assert record.provisioner == "fargate" and record.artifact["image"] == uri
+        # The image is in (moto's) ECR under a tag, as `docker push` leaves it; the version records its digest.
+        client = boto3.client("ecr", region_name=fargate_settings.region)
+        repository = ecr.repository(client, "multinode-test")
+        tag = uuid.uuid4().hex[:12]
+        digest = ecr.push(client, repository, tag)
+        record = asyncio.run(register_async(folder, project_name, settings, image=f"{repository}:{tag}"))
+        assert record.provisioner == "fargate" and record.artifact["image"] == f"{repository}@{digest}"
+        # The image's tasks folder is its build context's: without .env (its values come from the registry).
+        context = tmp_path / f"image-{tag}"
+        write_build_context(folder, context)
         store.link_runtime()
-        images[uri] = LocalImage(
-            workdir=store.code_dir(record.artifact["code_digest"]), python=store.env_python(record.artifact["env_key"])
+        images[record.artifact["image"]] = LocalImage(
+            workdir=context / "tasks", python=store.env_python(record.artifact["env_key"])
         )
         return record
 

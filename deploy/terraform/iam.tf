@@ -1,9 +1,12 @@
 # Identities:
-#   task execution role  - used by ECS itself to pull the function image and write its logs;
+#   task execution role  - used by ECS itself to pull the function image, write its logs and read the
+#                          container secret;
 #   task role            - the AWS identity of user code in function containers (nothing by default);
-#   worker policy/role   - what the control-plane worker (`mn worker`) needs to run function containers;
-#   register policy      - what `mn register --provisioner fargate` needs to push a version's image
-#                          (for the people or the CI that register; the worker policy includes it).
+#   worker policy/role   - exactly the calls the control-plane worker (`mn worker`) makes to run
+#                          function containers (no ECR: it pushes no image);
+#   register policy      - what `mn register --provisioner fargate` needs to check and push a version's
+#                          image (for the people or the CI that register).
+# IAM names are PREFIX-REGION-*: IAM is account-wide, everything else here is regional.
 
 locals {
   ecs_trust_conditions = [
@@ -36,8 +39,8 @@ data "aws_iam_policy_document" "ecs_tasks_trust" {
 # --- task execution role ------------------------------------------------------------------------------
 
 resource "aws_iam_role" "task_execution" {
-  name               = "${var.name_prefix}-task-execution"
-  description        = "ECS pulls Multinode function images and writes their logs with this role."
+  name               = "${local.iam_prefix}-task-execution"
+  description        = "ECS pulls Multinode function images, writes their logs and reads their secret with this role."
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
 
@@ -59,10 +62,17 @@ data "aws_iam_policy_document" "task_execution" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.functions.arn}:log-stream:*"]
   }
+
+  # Task definitions map the container secret into MULTINODE_SECRETS; ECS reads it with this role.
+  statement {
+    sid       = "ReadContainerSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.containers.arn]
+  }
 }
 
 resource "aws_iam_role_policy" "task_execution" {
-  name   = "pull-images-write-logs"
+  name   = "pull-images-write-logs-read-secret"
   role   = aws_iam_role.task_execution.id
   policy = data.aws_iam_policy_document.task_execution.json
 }
@@ -70,7 +80,7 @@ resource "aws_iam_role_policy" "task_execution" {
 # --- task role of function containers -------------------------------------------------------------------
 
 resource "aws_iam_role" "task" {
-  name               = "${var.name_prefix}-function-task"
+  name               = "${local.iam_prefix}-function-task"
   description        = "AWS identity of user code in Multinode function containers; no permissions unless you attach some."
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
@@ -90,10 +100,28 @@ resource "aws_iam_role_policy" "task" {
 
 # --- control-plane worker -----------------------------------------------------------------------------
 
+locals {
+  ecs_arn_prefix = "arn:${local.partition}:ecs:${var.region}:${local.account_id}"
+  # Multinode's task-definition families (MULTINODE_TASK_FAMILY_PREFIX-fn-HASH), any revision.
+  function_task_definitions = "${local.ecs_arn_prefix}:task-definition/${var.name_prefix}-fn-*"
+}
+
 data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "RunFunctionTasksInTheCluster"
-    actions   = ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"]
+    actions   = ["ecs:RunTask"]
+    resources = [local.function_task_definitions]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.this.arn]
+    }
+  }
+
+  statement {
+    sid       = "WatchAndStopTasksInTheCluster"
+    actions   = ["ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"]
     resources = ["*"]
 
     condition {
@@ -104,19 +132,27 @@ data "aws_iam_policy_document" "worker" {
   }
 
   statement {
-    sid = "ManageTaskDefinitions"
-    # Task definitions have no resource-level permissions for registration.
-    actions   = ["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions"]
+    sid = "RegisterTaskDefinitions"
+    # RegisterTaskDefinition and DescribeTaskDefinition have no resource-level permissions.
+    actions   = ["ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition"]
     resources = ["*"]
   }
 
+  # Tags go on tasks and task definitions as RunTask and RegisterTaskDefinition create them, never
+  # on existing resources.
   statement {
-    sid     = "TagTasksAndTaskDefinitions"
-    actions = ["ecs:TagResource", "ecs:ListTagsForResource"]
+    sid     = "TagOnCreate"
+    actions = ["ecs:TagResource"]
     resources = [
-      "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*",
-      "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/*",
+      "${local.ecs_arn_prefix}:task/${aws_ecs_cluster.this.name}/*",
+      local.function_task_definitions,
     ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["RunTask", "RegisterTaskDefinition"]
+    }
   }
 
   statement {
@@ -133,41 +169,19 @@ data "aws_iam_policy_document" "worker" {
 
   statement {
     sid       = "ReadFunctionLogs"
-    actions   = ["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"]
-    resources = [aws_cloudwatch_log_group.functions.arn, "${aws_cloudwatch_log_group.functions.arn}:log-stream:*"]
-  }
-
-  statement {
-    sid       = "EcrAuth"
-    actions   = ["ecr:GetAuthorizationToken"]
-    resources = ["*"]
-  }
-
-  statement {
-    sid = "PushAndReadFunctionImages"
-    actions = [
-      "ecr:BatchCheckLayerAvailability",
-      "ecr:BatchGetImage",
-      "ecr:CompleteLayerUpload",
-      "ecr:DescribeImages",
-      "ecr:DescribeRepositories",
-      "ecr:GetDownloadUrlForLayer",
-      "ecr:InitiateLayerUpload",
-      "ecr:PutImage",
-      "ecr:UploadLayerPart",
-    ]
-    resources = [aws_ecr_repository.functions.arn]
+    actions   = ["logs:GetLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.functions.arn}:log-stream:*"]
   }
 }
 
 resource "aws_iam_policy" "worker" {
-  name        = "${var.name_prefix}-worker"
-  description = "What the Multinode control-plane worker needs: run function tasks in the ${var.name_prefix} cluster, pass their two roles, read their logs, push function images."
+  name        = "${local.iam_prefix}-worker"
+  description = "What the Multinode control-plane worker calls: run ${var.name_prefix}-fn-* task definitions in the ${var.name_prefix} cluster, pass their two roles, read their logs."
   policy      = data.aws_iam_policy_document.worker.json
 }
 
 resource "aws_iam_role" "worker" {
-  name               = "${var.name_prefix}-worker"
+  name               = "${local.iam_prefix}-worker"
   description        = "Task role of the Multinode control-plane worker when it runs on ECS."
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
@@ -187,23 +201,24 @@ data "aws_iam_policy_document" "register" {
   }
 
   statement {
-    sid = "PushFunctionImages"
+    sid = "CheckAndPushFunctionImages"
     actions = [
-      "ecr:BatchCheckLayerAvailability",
-      "ecr:BatchGetImage",
-      "ecr:CompleteLayerUpload",
+      # Resolve a tag to its digest, check that an --image exists, skip a push the repository has.
       "ecr:DescribeImages",
-      "ecr:GetDownloadUrlForLayer",
+      "ecr:BatchGetImage",
+      # docker push
+      "ecr:BatchCheckLayerAvailability",
       "ecr:InitiateLayerUpload",
-      "ecr:PutImage",
       "ecr:UploadLayerPart",
+      "ecr:CompleteLayerUpload",
+      "ecr:PutImage",
     ]
     resources = [aws_ecr_repository.functions.arn]
   }
 }
 
 resource "aws_iam_policy" "register" {
-  name        = "${var.name_prefix}-register"
-  description = "Push Multinode function images to ${aws_ecr_repository.functions.name} (mn register --provisioner fargate)."
+  name        = "${local.iam_prefix}-register"
+  description = "Check and push Multinode function images in ${aws_ecr_repository.functions.name} (mn register --provisioner fargate)."
   policy      = data.aws_iam_policy_document.register.json
 }

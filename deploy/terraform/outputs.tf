@@ -61,6 +61,21 @@ output "ecr_repository" {
   value       = aws_ecr_repository.functions.repository_url
 }
 
+output "container_secret_arn" {
+  description = "MULTINODE_CONTAINER_SECRET_ARN: Secrets Manager secret of the function containers' secret variables. Put its value with: mn container-secret | aws secretsmanager put-secret-value --secret-id ARN --secret-string file:///dev/stdin"
+  value       = aws_secretsmanager_secret.containers.arn
+}
+
+output "name_prefix" {
+  description = "MULTINODE_TASK_FAMILY_PREFIX: task-definition families are NAME_PREFIX-fn-HASH, the ones the worker policy may run."
+  value       = var.name_prefix
+}
+
+output "fargate_spot" {
+  description = "MULTINODE_FARGATE_SPOT: off, retried or all."
+  value       = var.fargate_spot
+}
+
 output "worker_ecr_repository" {
   description = "URL of the ECR repository for the control-plane worker image (deploy/Dockerfile.worker)."
   value       = aws_ecr_repository.worker.repository_url
@@ -71,8 +86,18 @@ output "vpc_id" {
   value       = local.vpc_id
 }
 
+output "vpc_endpoint_ids" {
+  description = "VPC endpoints of the private subnets (private_subnets = true), by service: s3, and without a NAT gateway ecr.api, ecr.dkr, logs, secretsmanager (and ecs with the worker service)."
+  value       = merge({ for name, endpoint in aws_vpc_endpoint.interface : name => endpoint.id }, local.private ? { s3 = aws_vpc_endpoint.s3[0].id } : {})
+}
+
+output "nat_public_ip" {
+  description = "Public IP of the NAT gateway (nat_gateway = true), e.g. for an IP allowlist in front of Temporal; null otherwise."
+  value       = local.private && var.nat_gateway ? aws_eip.nat[0].public_ip : null
+}
+
 output "worker_policy_arn" {
-  description = "IAM policy with what the control-plane worker needs; attach it to the identity that runs `mn worker`."
+  description = "IAM policy with exactly what the control-plane worker calls; attach it to the identity that runs `mn worker`."
   value       = aws_iam_policy.worker.arn
 }
 
@@ -82,7 +107,7 @@ output "worker_policy_json" {
 }
 
 output "register_policy_arn" {
-  description = "IAM policy to push function images (ECR); attach it to the people or the CI that run `mn register --provisioner fargate`."
+  description = "IAM policy to check and push function images (ECR); attach it to the people or the CI that run `mn register --provisioner fargate`."
   value       = aws_iam_policy.register.arn
 }
 

@@ -4,7 +4,7 @@ terraform {
   required_providers {
     aws = {
       source = "hashicorp/aws"
-      # Tested with 5.100.0 (applied against moto in tests/test_deploy.py).
+      # 5.100.0 is pinned in .terraform.lock.hcl and applied against moto in tests/test_deploy.py.
       version = "~> 5.100"
     }
   }

@@ -13,7 +13,13 @@ locals {
   ])
   worker_ssm_arns = distinct([for arn in local.worker_secret_arns : arn if can(regex("^arn:[^:]+:ssm:", arn))])
 
-  worker_container_environment = merge(local.worker_environment, { AWS_REGION = var.region }, var.worker_extra_environment)
+  worker_container_environment = merge(
+    local.worker_environment,
+    { AWS_REGION = var.region, MULTINODE_WORKER_HEALTH_PORT = tostring(local.worker_health_port) },
+    var.worker_extra_environment,
+  )
+  # `mn worker` serves /healthz on this port (loopback only); the container's health check asks it.
+  worker_health_port = 8079
 }
 
 resource "aws_cloudwatch_log_group" "worker" {
@@ -24,7 +30,7 @@ resource "aws_cloudwatch_log_group" "worker" {
 
 resource "aws_iam_role" "worker_execution" {
   count              = local.run_worker ? 1 : 0
-  name               = "${var.name_prefix}-worker-execution"
+  name               = "${local.iam_prefix}-worker-execution"
   description        = "ECS pulls the Multinode worker image, writes its logs and reads its secrets with this role."
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_trust.json
 }
@@ -100,6 +106,14 @@ resource "aws_ecs_task_definition" "worker" {
       stopTimeout = 60
       environment = [for name, value in local.worker_container_environment : { name = name, value = value }]
       secrets     = [for name, arn in var.worker_secrets : { name = name, valueFrom = arn }]
+      # ECS replaces a worker that stops answering (exit 1 of the health module: no 200 from /healthz).
+      healthCheck = {
+        command     = ["CMD", "python", "-m", "multinode.control_plane.health"]
+        interval    = 30
+        timeout     = 10
+        retries     = 3
+        startPeriod = 60
+      }
       logConfiguration = {
         logDriver = "awslogs"
         options = {

@@ -39,6 +39,7 @@ from multinode._protocol import (
     RunOutput,
 )
 from multinode._runtime.channel import Channel, ChannelClosed
+from multinode._runtime.dotenv import DotenvRelay
 from multinode._runtime.gate import Gate
 from multinode._runtime.pacer import ProgressPacer
 from multinode._serialization import MAX_PAYLOAD_CHARS
@@ -101,6 +102,8 @@ class UserLink:
     loop: asyncio.AbstractEventLoop | None = None
     waker: Any = None
     """Called on the agent's loop after each frame that changes the state above."""
+    dotenv: DotenvRelay | None = None
+    """Answers the user process's request for its fargate version's ``.env`` (``dotenv.py``)."""
     ended: threading.Event = field(default_factory=threading.Event)
     calls: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_CALLS_IN_FLIGHT))
     reaped: bool = False
@@ -159,6 +162,10 @@ class UserLink:
                         status = RPCStatusCode.RESOURCE_EXHAUSTED if self.loop else RPCStatusCode.UNAVAILABLE
                         busy = "too many Temporal calls at once" if self.loop else "the agent is not connected yet"
                         self.send({"op": "rpc_error", "id": header.get("id"), "status": int(status), "message": busy})
+                    continue
+                elif op == "env":
+                    if self.dotenv is not None:
+                        self.dotenv.requested()
                     continue
                 self._wake()
         except ChannelClosed as exc:
@@ -420,6 +427,8 @@ async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> 
     link = agent.link
     link.client, link.control_queue = client, settings.task_queue
     link.loop = asyncio.get_running_loop()
+    if link.dotenv is not None:
+        link.dotenv.connected(client)
     activities = AgentActivities(link, client, agent.started, agent.finished)
     agent.activities = activities
     worker = Worker(
@@ -445,6 +454,7 @@ async def _serve(agent: Agent, settings: MultinodeSettings, task_queue: str) -> 
 def start_agent(task_queue: str, settings: MultinodeSettings, user_pid: int, sock: socket.socket) -> Agent:
     """Connect to Temporal and poll ``task_queue`` on a thread; read the user process's frames on another."""
     link = UserLink(user_pid, Channel(sock))
+    link.dotenv = DotenvRelay(link.send)
     agent = Agent(link, threading.Thread(), threading.Event(), threading.Event(), [])
 
     def serve() -> None:

@@ -15,7 +15,12 @@ import socket
 import subprocess
 import sys
 
-from multinode._credentials import credential_free_env, make_undumpable
+from multinode._credentials import (
+    ENV_CONTAINER_SECRETS,
+    credential_free_env,
+    make_undumpable,
+    settings_with_secrets,
+)
 from multinode._protocol import ENV_CONTAINER_TASK_QUEUE, ENV_INVOCATION_ID
 from multinode._runtime.agent import run_agent, start_agent
 from multinode._settings import MultinodeSettings
@@ -34,9 +39,14 @@ def spawn_user_process(environ: dict[str, str]) -> tuple[int, socket.socket]:
 
 
 def main() -> None:
-    settings = MultinodeSettings.from_env()
-    user_pid, sock = spawn_user_process(dict(os.environ))
+    # Before anything else: the secrets ECS put in the environment (``MULTINODE_SECRETS``, from the task
+    # definition's ``secrets``) leave it, and this process becomes unreadable to others of its user
+    # (/proc/PID/environ, ptrace) before the user-code process exists.
     make_undumpable()
+    blob = os.environ.pop(ENV_CONTAINER_SECRETS, None)
+    environ = dict(os.environ)
+    settings = settings_with_secrets(blob, environ) if blob is not None else MultinodeSettings.from_env(environ)
+    user_pid, sock = spawn_user_process(environ)
     agent = start_agent(os.environ[ENV_CONTAINER_TASK_QUEUE], settings, user_pid, sock)
     agent.assign(os.environ[ENV_INVOCATION_ID])
     run_agent(agent)

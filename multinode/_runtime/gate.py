@@ -6,7 +6,8 @@ for a nested invocation and it touches only what this invocation owns:
 
 * start an invocation whose parent is this one, with the function's config exactly as the registry
   holds it (a function cannot forge another config, provisioner or artifact), and queue it at its quota;
-* read, await and cancel this invocation's children; read this invocation and any project's registry;
+* read, await and cancel this invocation's children; read this invocation and describe any project's
+  registry (not its history or queries: they hold fargate versions' ``.env``);
 * tell this invocation a child started; list this invocation's children.
 
 Anything else (terminate, signals to other workflows, registry updates, other namespaces) is refused
@@ -140,7 +141,9 @@ class Gate:
             raise Refused(f"describing task queue {request.task_queue.name!r}")
         if rpc in _READS:
             target = request.execution.workflow_id
-            if target == self._own or target.startswith(PROJECT_WORKFLOW_ID_PREFIX) or await self._is_child(target):
+            # A registry only by describe (its memo): its history and queries carry fargate versions' `.env`.
+            registry = target.startswith(PROJECT_WORKFLOW_ID_PREFIX) and rpc == "describe_workflow_execution"
+            if target == self._own or registry or await self._is_child(target):
                 return request, None
             raise Refused(f"{rpc} of {target}")
         if rpc == "request_cancel_workflow_execution":

@@ -37,7 +37,7 @@ from multinode._runtime.loader import load_tasks
 from multinode._sdk import Function
 from multinode._settings import MultinodeSettings
 from multinode._vocabulary import ErrorType, InterruptReason, user_error_type
-from multinode.errors import InvocationCancelledError, InvocationTimedOutError, PayloadError
+from multinode.errors import InvocationCancelledError, InvocationTimedOutError, MultinodeError, PayloadError
 
 PROGRESS_ENCODE_INTERVAL_SECONDS = 0.2
 """Yields closer together than this are coalesced: only the latest is pickled."""
@@ -227,7 +227,13 @@ def _safe_text(make: Callable[[], object], fallback: str | None) -> str | None:
         return fallback
 
 
-def _read_frames(channel: Channel, runner: Runner, service: AgentServiceClient, assignments: queue.Queue[Any]) -> None:
+def _read_frames(
+    channel: Channel,
+    runner: Runner,
+    service: AgentServiceClient,
+    assignments: queue.Queue[Any],
+    dotenvs: queue.Queue[tuple[dict[str, Any], bytes]],
+) -> None:
     """The reader thread: dispatch the agent's frames until the channel ends, then end the process."""
     timeout_seconds = 0.0
     try:
@@ -243,6 +249,8 @@ def _read_frames(channel: Channel, runner: Runner, service: AgentServiceClient, 
                 runner.interrupt(str(header["reason"]), timeout_seconds)
             elif op in ("rpc_result", "rpc_error"):
                 service.answer(header, body)
+            elif op == "env":
+                dotenvs.put((header, body))
     except ChannelClosed as exc:
         service.close(f"the container's agent is gone ({exc})")
     finally:
@@ -250,15 +258,21 @@ def _read_frames(channel: Channel, runner: Runner, service: AgentServiceClient, 
         os._exit(70)
 
 
-def serve(sock: socket.socket, assignment: dict[str, Any] | None = None) -> NoReturn:
+def serve(
+    sock: socket.socket, assignment: dict[str, Any] | None = None, *, dotenv_from_agent: bool = False
+) -> NoReturn:
     """Run the user-code side of a container over ``sock``: wait for the assignment (unless given),
-    import the tasks folder, run the one call that arrives, send its outcome and end the process."""
+    import the tasks folder, run the one call that arrives, send its outcome and end the process.
+
+    With ``dotenv_from_agent`` (a fargate image: it holds no ``.env``), the version's ``.env`` is asked
+    of the agent and loaded before ``main.py`` is imported (``dotenv.py``)."""
     channel = Channel(sock)
     runner = Runner(channel)
     service = AgentServiceClient(channel)
     assignments: queue.Queue[Any] = queue.Queue()
+    dotenvs: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()
     threading.Thread(
-        target=_read_frames, args=(channel, runner, service, assignments), name="multinode-agent", daemon=True
+        target=_read_frames, args=(channel, runner, service, assignments, dotenvs), name="multinode-agent", daemon=True
     ).start()
     if assignment is None:
         assignment = assignments.get()
@@ -266,10 +280,20 @@ def serve(sock: socket.socket, assignment: dict[str, Any] | None = None) -> NoRe
     settings = MultinodeSettings.from_env()
     _client.use_container_client(agent_client(service, settings.temporal_namespace))
     code_dir = Path(assignment["code_dir"])
-    try:
-        runner.functions = load_tasks(code_dir)
-    except BaseException as exc:  # noqa: BLE001 - reported as the call's error
-        runner.load_error = exc
+    dotenv = None
+    if dotenv_from_agent:
+        channel.send({"op": "env"})
+        header, body = dotenvs.get()  # the agent answers once connected (or ends, and so does this process)
+        if header.get("error"):
+            runner.load_error = MultinodeError(
+                f"The version's .env could not be read from the project registry: {header['error']}"
+            )
+        dotenv = body.decode("utf-8", errors="replace")
+    if runner.load_error is None:
+        try:
+            runner.functions = load_tasks(code_dir, dotenv=dotenv)
+        except BaseException as exc:  # noqa: BLE001 - reported as the call's error
+            runner.load_error = exc
     run = runner.next_call(IDLE_TIMEOUT_SECONDS)
     code = 3
     if run is not None:
@@ -293,11 +317,12 @@ def _take_assignment(assignment: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """``python -m multinode._runtime.user FD``: started by an agent (``container.py``) with the channel's
-    socket as FD, in the tasks folder, with an environment that holds no credentials."""
+    """``python -m multinode._runtime.user FD``: started by an agent (``container.py``, an image's entry
+    point) with the channel's socket as FD, in the tasks folder, with an environment that holds no
+    credentials. The image holds no ``.env``: the agent delivers it."""
     try:
         sock = socket.socket(fileno=int(sys.argv[1]))
-        serve(sock, {"code_dir": os.getcwd()})
+        serve(sock, {"code_dir": os.getcwd()}, dotenv_from_agent=True)
     finally:
         os._exit(1)  # serve ends the process itself; this only if our own code failed
 

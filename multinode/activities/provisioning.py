@@ -33,8 +33,10 @@ from multinode._protocol import (
 )
 from multinode._settings import MultinodeSettings
 from multinode._vocabulary import ContainerState, ErrorType, is_resource_limit_exit
+from multinode.activities._blocking import run_blocking, stop_until_gone
+from multinode.activities._capacity import CapacityWait, give_up
 from multinode.errors import ProvisionerError, VersionNotStoredError
-from multinode.provisioner import ContainerSpec, Provisioner
+from multinode.provisioner import CapacityUnavailableError, ContainerSpec, Provisioner
 
 LOG_LINES_IN_EXIT_REASON = 8
 """Last lines of a container's output quoted when it stops unexpectedly."""
@@ -71,31 +73,75 @@ class ProvisioningActivities:
             ENV_FUNCTION: request.function_name,
         }
         target = request.target
-        spec = ContainerSpec(  # the backend's own terms: sizes, not Multinode's config
-            execution_id=request.execution_id,
-            invocation_id=request.invocation_id,
-            project_name=target.project_name,
-            version_id=target.version_id,
-            function_name=target.function_name,
-            cpu=target.config.cpu,
-            memory_mib=target.config.memory_mib,
-            artifact=target.artifact,
-            environment=environment,
-        )
+        wait = CapacityWait.resume(self._settings.capacity_wait_seconds)
+        while True:
+            spec = ContainerSpec(  # the backend's own terms: sizes, not Multinode's config
+                execution_id=request.execution_id,
+                invocation_id=request.invocation_id,
+                project_name=target.project_name,
+                version_id=target.version_id,
+                function_name=target.function_name,
+                cpu=target.config.cpu,
+                memory_mib=target.config.memory_mib,
+                artifact=target.artifact,
+                environment=environment,
+                start_attempt=wait.start_attempt,
+                interruptible=target.config.max_retries >= 1,
+                namespace=self._settings.temporal_namespace,
+            )
+            try:
+                handle_id = await self._start(provisioner, spec, wait)
+            except CapacityUnavailableError as exc:
+                if isinstance(exc, _FailedToStart):
+                    wait.start_attempt += 1  # that container is gone: the next start is a new one
+                await wait.wait_or_fail(exc, self._client, request.invocation_id, request.execution_id)
+                continue
+            except VersionNotStoredError as exc:
+                # Retryable: another control-plane worker on this queue may have the version.
+                raise ApplicationError(str(exc), type=ErrorType.VERSION_NOT_STORED) from exc
+            except ProvisionerError as exc:
+                raise ApplicationError(str(exc), type=ErrorType.PROVISIONER, non_retryable=True) from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Transient (network, AWS server errors): the activity is retried, within the same wait.
+                if wait.waited() >= wait.wait_seconds:
+                    raise give_up(CapacityUnavailableError(f"{type(exc).__name__}: {exc}"), wait.wait_seconds) from exc
+                raise
+            return ContainerHandle(
+                provisioner=request.provisioner,
+                execution_id=request.execution_id,
+                handle_id=handle_id,
+                grace_period_seconds=self._settings.grace_period_seconds,
+                task_queue=provisioner.task_queue(handle_id),
+            )
+
+    async def _start(self, provisioner: Provisioner, spec: ContainerSpec, wait: CapacityWait) -> str:
+        """Start the container; with a backend whose containers may still fail to start for lack of
+        capacity, wait until it has found some (``_FailedToStart`` if it has not)."""
+        wait.heartbeat()
+        # Shielded: a cancel while RunTask is in flight must still learn the task, to stop it.
+        starting = asyncio.ensure_future(run_blocking(provisioner.start, spec, heartbeat_details=wait.details()))
         try:
-            handle_id = await asyncio.to_thread(provisioner.start, spec)
-        except VersionNotStoredError as exc:
-            # Retryable: another control-plane worker on this queue may have the version.
-            raise ApplicationError(str(exc), type=ErrorType.VERSION_NOT_STORED) from exc
-        except ProvisionerError as exc:
-            raise ApplicationError(str(exc), type=ErrorType.PROVISIONER, non_retryable=True) from exc
-        return ContainerHandle(
-            provisioner=request.provisioner,
-            execution_id=request.execution_id,
-            handle_id=handle_id,
-            grace_period_seconds=self._settings.grace_period_seconds,
-            task_queue=provisioner.task_queue(handle_id),
-        )
+            handle_id = await asyncio.shield(starting)
+            if not provisioner.may_lack_capacity:
+                return handle_id
+            while True:
+                status = await run_blocking(provisioner.status, handle_id, heartbeat_details=wait.details())
+                if status.state != ContainerState.STARTING:
+                    break
+                await wait.sleep(provisioner.status_poll_interval)
+        except asyncio.CancelledError:
+            # Cancelled before the container was handed over: stop it here (the reconciler stops it
+            # later if this fails).
+            started = await _started_anyway(starting)
+            if started is not None:
+                await asyncio.shield(run_blocking(_stop_quietly, provisioner, started))
+            raise
+        if status.state == ContainerState.EXITED and status.no_capacity:
+            error = provisioner.no_capacity_error(status)
+            raise _FailedToStart(str(error), limit=error.limit, remedy=error.remedy)
+        return handle_id
 
     @activity.defn(name=WATCH_ACTIVITY)
     async def watch(self, handle: ContainerHandle) -> ContainerExit:
@@ -131,11 +177,11 @@ class ProvisioningActivities:
         self, provisioner: Provisioner, handle: ContainerHandle, waker: asyncio.Event, interval: float
     ) -> ContainerExit:
         while True:
-            status = await asyncio.to_thread(provisioner.status, handle.handle_id)
+            status = await run_blocking(provisioner.status, handle.handle_id)
             if status.state == ContainerState.EXITED:
                 reason = status.reason
                 if status.exit_code not in (0, None) or is_resource_limit_exit(reason):
-                    logs = await asyncio.to_thread(_last_chunk, provisioner, handle.handle_id)
+                    logs = await run_blocking(_last_chunk, provisioner, handle.handle_id)
                     tail = "\n".join(logs.strip().splitlines()[-LOG_LINES_IN_EXIT_REASON:])
                     if tail:
                         reason = f"{reason}; last output:\n{tail}"
@@ -149,13 +195,40 @@ class ProvisioningActivities:
 
     @activity.defn(name=DEPROVISION_ACTIVITY)
     async def deprovision(self, handle: ContainerHandle) -> None:
-        await asyncio.to_thread(self._provisioner(handle.provisioner).stop, handle.handle_id)
+        """Stop the container and return once it is gone, heartbeating; between looks it waits on the
+        loop, not in a thread (``Provisioner.request_stop``)."""
+        await stop_until_gone(self._provisioner(handle.provisioner), handle.handle_id)
         waker = self._watch_wakers.get(handle.handle_id)
         if waker is not None:
             waker.set()
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.provision, self.watch, self.deprovision]
+
+
+class _FailedToStart(CapacityUnavailableError):
+    """The started container failed to start for lack of capacity (it never ran)."""
+
+
+async def _started_anyway(starting: asyncio.Future[str]) -> str | None:
+    """The handle a start interrupted by a cancel ended with, if it started anything."""
+    while not starting.done():
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            continue  # cancelled again: the call still runs in its thread, wait for it
+        except Exception:  # noqa: BLE001 - it failed: nothing to stop
+            return None
+    if starting.cancelled() or starting.exception() is not None:
+        return None
+    return starting.result()
+
+
+def _stop_quietly(provisioner: Provisioner, handle_id: str) -> None:
+    try:
+        provisioner.stop(handle_id)
+    except Exception:  # noqa: BLE001 - best effort; the reconciler stops what is left
+        pass
 
 
 def _last_chunk(provisioner: Provisioner, handle_id: str, max_chunks: int = 50) -> str:

@@ -181,9 +181,15 @@ class LocalVersionStore:
         return self.env_dir(key) / "bin" / "python"
 
     def build(
-        self, tasks_dir: Path, *, shown_as: Path | None = None, cancelled: threading.Event | None = None
+        self,
+        tasks_dir: Path,
+        *,
+        shown_as: Path | None = None,
+        cancelled: threading.Event | None = None,
+        python: Path | None = None,
     ) -> BuiltVersion:
         """Store ``tasks_dir`` and its environment; errors name it as ``shown_as`` (as the user typed it).
+        The environment runs ``python`` (default: this interpreter; a fargate version's, the image's).
 
         The stored copy and the environment stay held until ``keep`` (the version is recorded) or
         ``discard`` (the registration failed: what it created goes). Setting ``cancelled`` stops the build
@@ -193,9 +199,10 @@ class LocalVersionStore:
         digest = _digest(tasks_dir, files, shown_as)
         requirements = tasks_dir / "requirements.txt"
         req_bytes = requirements.read_bytes() if requirements.is_file() else b""
-        key = hashlib.sha256(
-            b"\0".join([sys.version.encode(), "\n".join(runtime_pins()).encode(), req_bytes])
-        ).hexdigest()[:24]
+        version = sys.version if python is None else _python_version(python)
+        key = hashlib.sha256(b"\0".join([version.encode(), "\n".join(runtime_pins()).encode(), req_bytes])).hexdigest()[
+            :24
+        ]
         code_dir, env_dir = self.code_dir(digest), self.env_dir(key)
         holds: list[_Hold] = []
         try:
@@ -213,7 +220,7 @@ class LocalVersionStore:
                         env_dir,
                         (env_dir / ENV_READY).exists,
                         lambda: self._build_env(
-                            env_dir, code_dir / "requirements.txt" if req_bytes else None, cancelled
+                            env_dir, code_dir / "requirements.txt" if req_bytes else None, cancelled, python
                         ),
                         cancelled,
                     )
@@ -291,13 +298,16 @@ class LocalVersionStore:
             raise
         return True
 
-    def _build_env(self, env_dir: Path, requirements: Path | None, cancelled: threading.Event | None) -> bool:
+    def _build_env(
+        self, env_dir: Path, requirements: Path | None, cancelled: threading.Event | None, python: Path | None = None
+    ) -> bool:
         shutil.rmtree(env_dir, ignore_errors=True)  # a build that was interrupted
         try:
             uv = _uv()
             # Build scripts of the requirements run here: without Temporal credentials or payload keys.
             env = {**credential_free_env(os.environ), "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(env_dir)}
-            created = _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], env, cancelled)
+            interpreter = str(python or sys.executable)
+            created = _run([uv, "venv", "--quiet", "--python", interpreter, str(env_dir)], env, cancelled)
             if created.returncode != 0:
                 raise ProvisionerError(
                     f"Creating the environment {env_dir} failed: {summarize_uv_error(created.stderr)}"
@@ -308,13 +318,32 @@ class LocalVersionStore:
             installed = _run(install, env, cancelled)
             if installed.returncode != 0:
                 raise _InstallFailed((installed.stderr or installed.stdout).strip())
-            purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+            purelib = _purelib(env_dir, python)
             (purelib / "_multinode_runtime.pth").write_text(str(self.link_runtime()) + "\n")
             (env_dir / ENV_READY).touch()
         except BaseException:
             shutil.rmtree(env_dir, ignore_errors=True)  # no half-built environment stays behind
             raise
         return True
+
+
+def _python_version(python: Path) -> str:
+    """``sys.version`` of another interpreter."""
+    done = subprocess.run([str(python), "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ProvisionerError(f"{python} does not run: {(done.stderr or done.stdout).strip()[-300:]}")
+    return done.stdout.strip()
+
+
+def _purelib(env_dir: Path, python: Path | None) -> Path:
+    """The site-packages folder of the environment (another interpreter's is asked: its version names it)."""
+    if python is None:
+        return Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    done = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ProvisionerError(f"The environment {env_dir} does not run: {done.stderr.strip()[-300:]}")
+    return Path(done.stdout.strip())
 
 
 ENV_READY = ".multinode-ready"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -95,3 +97,37 @@ def codec_server(
     finally:
         server.stop()
     console.print("Stopped.")
+
+
+@app.command("container-secret")
+def container_secret() -> None:
+    """Print the containers' secrets (Temporal credentials, encryption keys) as the JSON value of the
+    secret named by MULTINODE_CONTAINER_SECRET_ARN (Fargate containers read it; never RunTask overrides)."""
+    from multinode._credentials import has_secrets, secrets_blob
+    from multinode._settings import ENV_TEMPORAL_PROFILE, MultinodeSettings
+
+    settings_env = MultinodeSettings.from_env().to_env()  # the container's profile when one is configured
+    profile = json.loads(settings_env[ENV_TEMPORAL_PROFILE])
+    tls = profile.get("tls")
+    for key in ("server_ca_cert", "client_cert", "client_key") if isinstance(tls, dict) else ():
+        source = tls.get(key)
+        if isinstance(source, dict) and source.get("path"):  # a container has no such file: inline it
+            tls[key] = {"data": Path(source["path"]).read_text()}
+    settings_env[ENV_TEMPORAL_PROFILE] = json.dumps(profile)
+    print(secrets_blob(settings_env))
+    if not has_secrets(settings_env):
+        err_console.print(
+            "Nothing secret in this setting (no Temporal API key or TLS client key, no encryption keys): containers "
+            "need no secret, but storing this one does no harm.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    err_console.print(
+        "Store it with `mn container-secret | aws secretsmanager put-secret-value --secret-id ARN "
+        "--secret-string file:///dev/stdin` (ARN: `terraform output container_secret_arn`); the worker's "
+        "MULTINODE_CONTAINER_SECRET_ARN names it. Update it whenever the keys or credentials change.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -35,6 +35,9 @@ def show_invocation(inv: Any, as_json: bool) -> None:
     )
     if inv.parent_invocation_id:
         console.print(f"parent      {inv.parent_invocation_id}")
+    waiting = next((e.waiting_for_capacity for e in inv.executions if e.waiting_for_capacity), None)
+    if waiting:
+        console.print(f"waiting     for capacity: {waiting}", markup=False, highlight=False)
     console.print(f"result      {inv.result!r}")
     if inv.error:
         console.print(f"error       {inv.error}")

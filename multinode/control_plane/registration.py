@@ -35,6 +35,7 @@ from multinode._limits import check_registered_names
 from multinode._protocol import FunctionRecord, Parameter, VersionRecord, VersionRegistration
 from multinode._registry import check_control_plane, check_project_name, register_version
 from multinode._settings import MultinodeSettings
+from multinode.artifacts.fargate_version import import_check_python, version_dotenv, version_image
 from multinode.artifacts.local import (
     SUMMARY_MAX_CHARS,
     BuildCancelled,
@@ -322,8 +323,10 @@ async def register_async(
     """Register ``path`` as a new version of ``project_name``.
 
     Every version is stored and checked locally (code, environment, import of main.py). For the
-    ``fargate`` provisioner its image is also built and pushed with Docker, or ``image`` (built
-    elsewhere from ``mn build-context``) is recorded as it is.
+    ``fargate`` provisioner the environment and the import run on the image's Python version, and the
+    version records its image pinned by digest: ``image`` (built elsewhere from ``mn build-context``)
+    once ECR (or the Docker CLI) shows it exists, or the folder's image, reused if the repository holds
+    its content tag, else built and pushed with Docker. Its ``.env`` goes to the registry, not the image.
     """
     check_project_name(project_name)
     backend = provisioner or ("fargate" if image else settings.provisioner)
@@ -337,24 +340,33 @@ async def register_async(
         raise ConfigurationError(f"--image {image!r} is not an image URI.", parameter="image")
     folder = check_tasks_folder(path)
     check_env_file(folder, path)
+    fargate = backend == "fargate"
+    dotenv = version_dotenv(folder, path, settings) if fargate else ""
+    python = import_check_python() if fargate else None
     client = await get_client(settings)
     await check_control_plane(client, settings)
     store = LocalVersionStore(settings.home)
     cancelled = threading.Event()  # set when the registration is interrupted: the threads stop early
     built: BuiltVersion | None = None
     try:
+        # An image built elsewhere is checked first: a missing one fails before the environment is built.
+        pinned: str | None = None
+        if image is not None:
+            pinned = await _in_thread(cancelled, partial(version_image, folder, project_name, image))
         built = await _in_thread(
-            cancelled, partial(store.build, folder, shown_as=path, cancelled=cancelled), undo=store.discard
+            cancelled,
+            partial(store.build, folder, shown_as=path, cancelled=cancelled, python=python),
+            undo=store.discard,
         )
         functions = await _in_thread(cancelled, partial(inspect_version, built, path, cancelled))
         check_registered_names(project_name, functions, path)
         artifact = dict(built.artifact)
-        if backend == "fargate":
-            artifact["image"] = (
-                image if image is not None else await _in_thread(cancelled, partial(_build_image, folder, project_name))
-            )
+        if fargate and pinned is None:
+            pinned = await _in_thread(cancelled, partial(version_image, folder, project_name, None))
+        if pinned is not None:
+            artifact["image"] = pinned
         registration = VersionRegistration(
-            code_digest=built.code_digest, provisioner=backend, artifact=artifact, functions=functions
+            code_digest=built.code_digest, provisioner=backend, artifact=artifact, functions=functions, dotenv=dotenv
         )
     except BaseException as exc:
         if built is not None:
@@ -415,17 +427,3 @@ async def _record(
     if interrupted is not None:
         raise interrupted
     return recording.result()
-
-
-def _build_image(folder: Path, project_name: str) -> str:
-    from multinode.artifacts.fargate_image import build_and_push
-    from multinode.provisioner.fargate_settings import image_repository_from_env
-
-    repository, region = image_repository_from_env()
-    if not repository or not region:
-        raise ConfigurationError(
-            "Building an image for the fargate provisioner needs MULTINODE_ECR_REPOSITORY (the repository URI) and "
-            "MULTINODE_AWS_REGION: take them from `terraform output` of deploy/terraform, or pass --image URI.",
-            parameter="MULTINODE_ECR_REPOSITORY",
-        )
-    return build_and_push(folder, repository, region, project_name)

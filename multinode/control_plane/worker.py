@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from contextlib import AsyncExitStack
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
@@ -20,13 +23,23 @@ from multinode._client import connect
 from multinode._protocol import LOG_READER_WORKFLOW, SEARCH_ATTRIBUTES, log_reader_workflow_id
 from multinode._settings import MultinodeSettings
 from multinode.activities import all_activities, log_reads
+from multinode.activities._blocking import configure_blocking, provisioner_threads
+from multinode.control_plane import health
+from multinode.control_plane.reconciler import reconcile_interval, run_reconciler
 from multinode.provisioner import Provisioner, create_provisioner
 from multinode.workflows import InvocationWorkflow, LogReaderWorkflow, LogsWorkflow, ProjectWorkflow, QuotaWorkflow
 
 logger = logging.getLogger("multinode.worker")
 
 MAX_CONCURRENT_ACTIVITIES = 2_000
-"""Activities one control-plane worker runs at once (each running invocation holds one watch)."""
+"""Activities one control-plane worker runs at once: slots, not threads. Nearly all are watches, one per
+running container, each an async wait that looks at its container every few seconds (Fargate: through
+DescribeTasks answers shared by all watches, 100 tasks a call); a deprovision waits between its looks on
+the loop too. The blocking provisioner calls among them (starts, stops, status refreshes, log reads)
+run at most ``MULTINODE_PROVISIONER_THREADS`` at a time, the others wait in that executor's queue while
+their activities heartbeat. So this bounds the containers one worker watches at once: 2,000 Fargate
+watches plus bursts of 500 provisions and deprovisions were measured to hold on one worker
+(benchmarks/bench_fargate_worker.py)."""
 MAX_CONCURRENT_WORKFLOW_TASKS = 16
 """Workflow tasks one control-plane worker runs at once. Workflow code holds the GIL, so more at once
 only slows each: with the SDK's 100, a burst of 120 new invocations on a busy 2-core machine ran every
@@ -92,17 +105,42 @@ def build_worker(client: Client, settings: MultinodeSettings, provisioner: Provi
 async def run_worker(
     settings: MultinodeSettings, stop: asyncio.Event | None = None, started: threading.Event | None = None
 ) -> None:
-    """Run a control-plane worker until ``stop`` is set (or forever); ``started`` is set once it polls."""
+    """Run a control-plane worker until ``stop`` is set (or forever); ``started`` is set once it polls.
+    Also reads ``MULTINODE_PROVISIONER_THREADS``, ``MULTINODE_WORKER_HEALTH_PORT`` and
+    ``MULTINODE_RECONCILE_SECONDS``."""
+    executor = configure_blocking(provisioner_threads())
+    health_port = health.health_port()
+    reconcile_every = reconcile_interval()
     client = await connect(settings)
     await ensure_search_attributes(client)
     provisioner = create_provisioner(settings.provisioner, settings.home)
     try:
-        with log_reads.serving(settings.task_queue, {provisioner.name: provisioner}):
-            async with build_worker(client, settings, provisioner):
-                await ensure_log_reader(client, settings.task_queue)
-                logger.info("control-plane worker polling %r on %s", settings.task_queue, settings.temporal_address)
-                if started is not None:
-                    started.set()
-                await (stop or asyncio.Event()).wait()
+        async with AsyncExitStack() as stack:
+            if health_port is not None:
+
+                async def probe() -> object:
+                    return await client.workflow_service.get_system_info(
+                        GetSystemInfoRequest(), timeout=timedelta(seconds=health.TEMPORAL_PROBE_TIMEOUT_SECONDS)
+                    )
+
+                await stack.enter_async_context(health.serving(health_port, probe, executor.load))
+            stack.enter_context(log_reads.serving(settings.task_queue, {provisioner.name: provisioner}))
+            await stack.enter_async_context(build_worker(client, settings, provisioner))
+            await ensure_log_reader(client, settings.task_queue)
+            if reconcile_every > 0 and type(provisioner).running_containers is not Provisioner.running_containers:
+                reconciler = asyncio.create_task(
+                    run_reconciler(client, {provisioner.name: provisioner}, reconcile_every), name="reconciler"
+                )
+                stack.callback(reconciler.cancel)
+            logger.info(
+                "control-plane worker polling %r on %s (%d threads for provisioner calls%s)",
+                settings.task_queue,
+                settings.temporal_address,
+                executor.threads,
+                f", health check on 127.0.0.1:{health_port}{health.HEALTH_PATH}" if health_port else "",
+            )
+            if started is not None:
+                started.set()
+            await (stop or asyncio.Event()).wait()
     finally:
         provisioner.close()  # after the worker's last activity: no provision is in flight

@@ -1,6 +1,6 @@
 """Backends that start and stop containers. They know nothing about Temporal."""
 
-from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
+from multinode.provisioner.base import CapacityUnavailableError, ContainerSpec, ContainerStatus, Provisioner
 from multinode.provisioner.factory import create_provisioner
 
-__all__ = ["ContainerSpec", "ContainerStatus", "Provisioner", "create_provisioner"]
+__all__ = ["CapacityUnavailableError", "ContainerSpec", "ContainerStatus", "Provisioner", "create_provisioner"]

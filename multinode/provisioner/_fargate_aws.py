@@ -17,12 +17,19 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from multinode.errors import ProvisionerError
+from multinode.provisioner.base import CapacityUnavailableError
 from multinode.provisioner.fargate_settings import TERRAFORM_DIR, FargateSettings
 
+MAX_POOL_CONNECTIONS = 300
+"""HTTP connections a boto3 client keeps open for reuse: one per thread that may call it at once (the
+worker's ``MULTINODE_PROVISIONER_THREADS``, at most 256, plus its log reads). botocore's default of 10
+would have every call beyond ten open a connection of its own (a TLS handshake), then discard it with
+a "Connection pool is full" warning. Connections open only when used."""
 RETRY_CONFIG = Config(
     retries={"mode": "adaptive", "max_attempts": 10},
     connect_timeout=10,
     read_timeout=60,
+    max_pool_connections=MAX_POOL_CONNECTIONS,
     user_agent_extra="multinode",
 )
 """Client-side rate limiting plus exponential backoff for throttled and failed AWS calls."""
@@ -57,6 +64,17 @@ _NETWORK_CODES = frozenset(
     {"InvalidSubnetID.NotFound", "InvalidSubnet", "InvalidGroup.NotFound", "InvalidSecurityGroupID.NotFound"}
 )
 _TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
+_THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "LimitExceededException"}
+)
+_QUOTA_PHRASES = ("reached the limit on the number of", "vcpu limit", "limit on the number of vcpus")
+_CAPACITY_PHRASES = ("capacity is unavailable", "insufficient capacity", "no capacity", "resource:")
+_ON_DEMAND_QUOTA = "Fargate On-Demand vCPU resource count (Service Quotas code L-3032A538)"
+_SPOT_QUOTA = "Fargate Spot vCPU resource count (Service Quotas code L-36FBB829)"
+_QUOTA_REMEDY = (
+    "request an increase in the Service Quotas console (AWS Fargate, {quota}) or with `aws service-quotas "
+    "request-service-quota-increase --service-code fargate`, or lower max_concurrency of the functions"
+)
 
 
 def call(settings: FargateSettings, operation: str, method: Any, /, **kwargs: Any) -> dict[str, Any]:
@@ -87,7 +105,7 @@ def call_or_none(
     try:
         return call(settings, operation, method, **kwargs)
     except ProvisionerError as exc:
-        if isinstance(exc.__cause__, ClientError) and _code(exc.__cause__) in codes:
+        if isinstance(exc.__cause__, ClientError) and error_code(exc.__cause__) in codes:
             return None
         raise
 
@@ -97,10 +115,42 @@ def tag_value(value: str) -> str:
     return _TAG_UNSAFE.sub("_", value)[:256]
 
 
+def capacity_error(message: str, reason: str, *, spot: bool | None, code: str = "") -> CapacityUnavailableError | None:
+    """A :class:`CapacityUnavailableError` when ``reason`` (AWS's words) or ``code`` says the account or
+    the region cannot run the task now: a vCPU quota, no Fargate capacity, throttling. None otherwise."""
+    lowered = reason.lower()
+    quota = _SPOT_QUOTA if spot else _ON_DEMAND_QUOTA if spot is not None else f"{_ON_DEMAND_QUOTA} or {_SPOT_QUOTA}"
+    if any(phrase in lowered for phrase in _QUOTA_PHRASES):
+        return CapacityUnavailableError(message, limit=quota, remedy=_QUOTA_REMEDY.format(quota=quota))
+    if any(phrase in lowered for phrase in _CAPACITY_PHRASES):
+        return CapacityUnavailableError(
+            message,
+            limit="Fargate capacity in the subnets' availability zones",
+            remedy="it usually clears within minutes; give MULTINODE_SUBNETS subnets in more availability zones"
+            + ("" if spot is False else ", or run the function on FARGATE (MULTINODE_FARGATE_SPOT)"),
+        )
+    if code in _THROTTLING_CODES or "rate exceeded" in lowered:
+        return CapacityUnavailableError(
+            message,
+            limit="the ECS API request rate of the account (RunTask, DescribeTasks)",
+            remedy="request a higher ECS API rate in the Service Quotas console, or run fewer control-plane workers "
+            "against the account",
+        )
+    return None
+
+
 def _client_error(settings: FargateSettings, operation: str, exc: ClientError) -> Exception:
-    code = _code(exc)
+    code = error_code(exc)
     message = str(exc.response.get("Error", {}).get("Message") or exc)
     where = f"region {settings.region}"
+    if code == "ConflictException":
+        # RunTask's idempotency token is in use by a task it started with other parameters: the caller
+        # adopts that task (``exc.response["resourceIds"]``).
+        return ProvisionerError(f"AWS {operation} in {where}: {code}: {message}")
+    if operation == "RunTask":
+        capacity = capacity_error(f"AWS {operation} in {where}: {code}: {message}", message, spot=None, code=code)
+        if capacity is not None:
+            return capacity
     if code in _TRANSIENT_CODES or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
         return cast(Exception, exc)  # still failing after botocore's retries: let the activity retry later
     if code == "ClusterNotFoundException":
@@ -138,5 +188,5 @@ def _client_error(settings: FargateSettings, operation: str, exc: ClientError) -
     return ProvisionerError(f"AWS {operation} failed in {where}: {code}: {message}")
 
 
-def _code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code") or "")

@@ -14,6 +14,7 @@ from typing import Any
 from multinode._vocabulary import ContainerState, ExitReason
 from multinode.provisioner.base import ContainerStatus
 
+_CAPACITY_WORDS = ("capacity is unavailable", "insufficient capacity", "reached the limit on the number of")
 _EXIT_CODE = re.compile(r"exit code:?\s*(-?\d+)", re.IGNORECASE)
 
 
@@ -65,7 +66,15 @@ def stopped_task_status(task: dict[str, Any], container_name: str) -> ContainerS
         details.append(f"container: {container_reason}")
     hint = _hint(f"{stopped_reason} {container_reason}")
     reason = summary + (f" (ECS {'; '.join(details)})" if details else "") + (f"; {hint}" if hint else "")
-    return ContainerStatus(ContainerState.EXITED, exit_code, reason)
+    # Failed to start for capacity: nothing ran, and starting again later is the remedy.
+    no_capacity = stop_code == "TaskFailedToStart" and is_capacity_reason(f"{stopped_reason} {container_reason}")
+    return ContainerStatus(ContainerState.EXITED, exit_code, reason, no_capacity=no_capacity)
+
+
+def is_capacity_reason(text: str) -> bool:
+    """Whether ECS's words say the task found no capacity (or hit a vCPU quota) rather than failed."""
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in _CAPACITY_WORDS)
 
 
 def _container(task: dict[str, Any], container_name: str) -> dict[str, Any]:
@@ -81,6 +90,12 @@ def _hint(text: str) -> str:
         return (
             "check that the image exists, that the task execution role may pull it, and that the subnets reach "
             "ECR (a NAT gateway, VPC endpoints, or MULTINODE_ASSIGN_PUBLIC_IP=true in a public subnet)"
+        )
+    if "ResourceInitializationError" in text and "secret" in text.lower():
+        return (
+            "check that MULTINODE_CONTAINER_SECRET_ARN names an existing secret holding `mn container-secret`'s "
+            "output, that the task execution role may read it (secretsmanager:GetSecretValue, or "
+            "ssm:GetParameters; kms:Decrypt for a customer-managed key), and that the subnets reach Secrets Manager"
         )
     if "ResourceInitializationError" in text:
         return (

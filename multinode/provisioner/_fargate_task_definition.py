@@ -13,6 +13,7 @@ import json
 import threading
 from typing import Any
 
+from multinode._credentials import ENV_CONTAINER_SECRETS
 from multinode.provisioner._fargate_aws import call, call_or_none, tag_value
 from multinode.provisioner.fargate_settings import FargateSettings
 from multinode.provisioner.sizing import FARGATE_SIZES
@@ -28,6 +29,11 @@ CONTAINER_STOP_TIMEOUT_SECONDS = 2
 timeout raised in user code) is over when it stops a task, so this only needs to be short."""
 
 _DEFAULT_CPU, (_DEFAULT_MEMORY, *_) = FARGATE_SIZES[0]
+
+
+def task_family(settings: FargateSettings, image: str) -> str:
+    """``PREFIX-fn-HASH``: one family per image, under a prefix that IAM policies can scope RunTask to."""
+    return f"{settings.task_family_prefix}-fn-" + hashlib.sha256(image.encode()).hexdigest()[:24]
 
 
 def task_definition_request(settings: FargateSettings, image: str) -> dict[str, Any]:
@@ -52,8 +58,12 @@ def task_definition_request(settings: FargateSettings, image: str) -> dict[str, 
             },
         },
     }
+    if settings.container_secret_arn:
+        # ECS reads the secret with the task execution role when the task starts and sets the variable;
+        # DescribeTasks shows only the ARN. The container's runtime takes it out of its environment.
+        container["secrets"] = [{"name": ENV_CONTAINER_SECRETS, "valueFrom": settings.container_secret_arn}]
     request: dict[str, Any] = {
-        "family": "multinode-" + hashlib.sha256(image.encode()).hexdigest()[:24],
+        "family": task_family(settings, image),
         "requiresCompatibilities": ["FARGATE"],
         "networkMode": "awsvpc",
         "cpu": str(_DEFAULT_CPU),

@@ -26,13 +26,24 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
+from multinode._credentials import has_secrets, public_settings_env
 from multinode._vocabulary import ContainerState
 from multinode.errors import ProvisionerError
-from multinode.provisioner._fargate_aws import RETRY_CONFIG, call, call_or_none, tag_value
+from multinode.provisioner._fargate_aws import (
+    RETRY_CONFIG,
+    call,
+    call_or_none,
+    capacity_error,
+    error_code,
+    tag_value,
+)
 from multinode.provisioner._fargate_describe import (
     DESCRIBE_BATCH,
     FORGET_SECONDS,
@@ -49,8 +60,14 @@ from multinode.provisioner._fargate_task_definition import (
     TaskDefinitions,
     task_definition_request,
 )
-from multinode.provisioner.base import ContainerSpec, ContainerStatus, Provisioner
-from multinode.provisioner.fargate_settings import FargateSettings
+from multinode.provisioner.base import (
+    CapacityUnavailableError,
+    ContainerSpec,
+    ContainerStatus,
+    Provisioner,
+    RunningContainer,
+)
+from multinode.provisioner.fargate_settings import TERRAFORM_DIR, FargateSettings
 from multinode.provisioner.sizing import fargate_size
 
 __all__ = [
@@ -98,7 +115,9 @@ _TASK_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 class FargateProvisioner(Provisioner):
     name = "fargate"
     status_poll_interval = 5.0
+    stop_poll_interval = STOP_POLL_SECONDS
     missing_grace_seconds = MISSING_GRACE_SECONDS
+    may_lack_capacity = True
 
     def __init__(self, settings: FargateSettings) -> None:
         self.settings = settings
@@ -132,10 +151,20 @@ class FargateProvisioner(Provisioner):
                 "registered for the local provisioner. Register the project again with MULTINODE_PROVISIONER=fargate "
                 "so that registration builds and pushes an image."
             )
+        key = _start_key(spec)
         with self._lock:
-            known = self._tasks.get(spec.execution_id)
+            known = self._tasks.get(key)
         if known is not None:
             return known
+        if has_secrets(spec.environment) and not self.settings.container_secret_arn:
+            raise ProvisionerError(
+                "The containers need secrets (the Temporal profile has credentials, or payloads are encrypted), "
+                "and Multinode never passes them as RunTask overrides (anyone with ecs:DescribeTasks reads those). "
+                "Put them in a Secrets Manager secret (`mn container-secret` prints its value) and set "
+                "MULTINODE_CONTAINER_SECRET_ARN to its ARN (`terraform output container_secret_arn` in "
+                f"{TERRAFORM_DIR})."
+            )
+        environment = public_settings_env(spec.environment)
         cpu, memory = fargate_size(spec.cpu, spec.memory_mib)
         overrides = {
             "cpu": str(cpu),
@@ -143,11 +172,11 @@ class FargateProvisioner(Provisioner):
             "containerOverrides": [
                 {
                     "name": self.settings.container_name,
-                    "environment": [{"name": k, "value": v} for k, v in sorted(spec.environment.items())],
+                    "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
                 }
             ],
         }
-        _check_overrides_size(overrides, spec.environment)
+        _check_overrides_size(overrides, environment)
         task_definition = self._task_definition(image)
         network: dict[str, Any] = {
             "subnets": list(self.settings.subnets),
@@ -161,34 +190,59 @@ class FargateProvisioner(Provisioner):
             "function": spec.function_name,
             "invocation": spec.invocation_id,
             "execution": spec.execution_id,
+            "namespace": spec.namespace,
         }
-        response = self._call(
-            "RunTask",
-            self._ecs.run_task,
-            cluster=self.settings.cluster,
-            taskDefinition=task_definition,
-            launchType="FARGATE",
-            count=1,
-            startedBy=STARTED_BY,
-            clientToken=_client_token(spec.execution_id),
-            networkConfiguration={"awsvpcConfiguration": network},
-            overrides=overrides,
-            tags=[{"key": k, "value": tag_value(v)} for k, v in tags.items()],
+        spot = self.settings.uses_spot(spec.interruptible)
+        placement: dict[str, Any] = (
+            {"capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]}
+            if spot
+            else {"launchType": "FARGATE"}
         )
+        try:
+            response = self._call(
+                "RunTask",
+                self._ecs.run_task,
+                cluster=self.settings.cluster,
+                taskDefinition=task_definition,
+                count=1,
+                startedBy=STARTED_BY,
+                clientToken=_client_token(key),
+                networkConfiguration={"awsvpcConfiguration": network},
+                overrides=overrides,
+                tags=[{"key": k, "value": tag_value(v)} for k, v in tags.items()],
+                **placement,
+            )
+        except ProvisionerError as exc:
+            adopted = self._adopt(exc, spec)
+            if adopted is None:
+                raise
+            response = {"tasks": [{"taskArn": adopted}]}
         failures = response.get("failures") or []
         tasks = response.get("tasks") or []
         if failures or not tasks:
             details = "; ".join(
                 " ".join(str(f.get(k)) for k in ("reason", "detail", "arn") if f.get(k)) for f in failures
             )
-            raise ProvisionerError(
+            message = (
                 f"ECS could not start a Fargate task in cluster {self.settings.cluster!r} for execution "
-                f"{spec.execution_id} ({cpu / 1024:g} vCPU, {memory} MiB): "
-                f"{details or 'RunTask returned no task'}."
+                f"{spec.execution_id} ({cpu / 1024:g} vCPU, {memory} MiB): {details or 'RunTask returned no task'}."
             )
+            raise capacity_error(message, details, spot=spot) or ProvisionerError(message)
         arn = str(tasks[0]["taskArn"])
-        self._remember(spec.execution_id, arn)
+        self._remember(key, arn)
+        if key != spec.execution_id:
+            self._remember(spec.execution_id, arn)
         return arn
+
+    def _adopt(self, error: ProvisionerError, spec: ContainerSpec) -> str | None:
+        """The task a RunTask with this idempotency token already started, when ECS answers a repeated
+        RunTask with ConflictException (the same token with other parameters: a worker restarted with
+        other settings, say): that task is this start's container."""
+        cause = error.__cause__
+        if not isinstance(cause, ClientError) or error_code(cause) != "ConflictException":
+            return None
+        existing = [str(arn) for arn in cause.response.get("resourceIds") or [] if str(arn).startswith("arn:")]
+        return existing[0] if existing else self._find_task(spec.execution_id)
 
     def task_definition_request(self, image: str) -> dict[str, Any]:
         """RegisterTaskDefinition arguments for ``image`` (the family is derived from the image)."""
@@ -197,6 +251,10 @@ class FargateProvisioner(Provisioner):
     def _task_definition(self, image: str) -> str:
         """The ARN of a task definition for ``image``, registered at most once per process."""
         return self._definitions.arn(image)
+
+    def no_capacity_error(self, status: ContainerStatus) -> CapacityUnavailableError:
+        message = f"The Fargate task failed to start: {status.reason}"
+        return capacity_error(message, status.reason, spot=None) or CapacityUnavailableError(message)
 
     # --- status and stop --------------------------------------------------------------------------
 
@@ -215,32 +273,43 @@ class FargateProvisioner(Provisioner):
             )
         if task_has_exited(described.task, self.settings.container_name):
             return stopped_task_status(described.task, self.settings.container_name)
+        if described.task.get("lastStatus") == "PROVISIONING":
+            return ContainerStatus(ContainerState.STARTING)  # capacity not found yet: it may still fail to start
         return ContainerStatus(ContainerState.RUNNING)
 
     def stop(self, handle_id: str) -> None:
-        arn = self._task_arn(handle_id)
-        if arn is None:
-            return
+        """``request_stop`` until the container is gone, sleeping in between (for callers of their own:
+        the control plane's deprovision activity waits between ``request_stop`` calls without a thread)."""
         deadline = time.monotonic() + STOP_WAIT_SECONDS
-        stop_requested = False
-        while True:
-            described = self._descriptions.refresh([arn])[0]
-            task = described.task
-            if task is None:
-                if described.missing_for() >= self.missing_grace_seconds:
-                    return  # ECS does not know it (any more): nothing runs
-            elif task.get("lastStatus") in ("DEPROVISIONING", "STOPPED"):
-                return  # DEPROVISIONING: the containers are gone, ECS is detaching the network interface
-            elif task.get("desiredStatus") != "STOPPED" and not stop_requested:
-                self._call("StopTask", self._ecs.stop_task, cluster=self.settings.cluster, task=arn, reason=STOP_REASON)
-                stop_requested = True
-                continue
+        while not self.request_stop(handle_id):
             if time.monotonic() > deadline:
-                last = task.get("lastStatus") if task else "not visible"
+                arn = self._task_arn(handle_id) or handle_id
+                last = self._descriptions.last_status(arn)
                 raise ProvisionerError(
-                    f"ECS task {arn} did not stop within {STOP_WAIT_SECONDS:g} s (last status {last})."
+                    f"ECS task {arn} did not stop within {STOP_WAIT_SECONDS:g} s (last status {last}); "
+                    "stopping it is retried."
                 )
             time.sleep(STOP_POLL_SECONDS)
+
+    def request_stop(self, handle_id: str) -> bool:
+        """StopTask unless the task is already stopping; whether its container is gone. One DescribeTasks
+        at most (shared with the watches' status calls), and StopTask once."""
+        arn = self._task_arn(handle_id)
+        if arn is None:
+            return True
+        described = self._descriptions.recent(arn, STOP_POLL_SECONDS / 2)
+        task = described.task
+        if task is None:
+            return described.missing_for() >= self.missing_grace_seconds  # ECS does not know it (any more)
+        if _gone(task):
+            return True
+        if task.get("desiredStatus") == "STOPPED":
+            return False  # stopping already: ECS sends SIGTERM, waits stopTimeout, then SIGKILL
+        answer = self._call(
+            "StopTask", self._ecs.stop_task, cluster=self.settings.cluster, task=arn, reason=STOP_REASON
+        )
+        self._descriptions.expire(arn)  # the watch's next status call describes the stopping task
+        return _gone(answer.get("task") or {})
 
     # --- logs -------------------------------------------------------------------------------------
 
@@ -298,42 +367,57 @@ class FargateProvisioner(Provisioner):
 
     def _find_task(self, execution_id: str) -> str | None:
         """The task started for an execution (by its ``execution`` tag), while ECS still lists it
-        (stopped tasks stay listed for about an hour)."""
+        (stopped tasks stay listed for about an hour); the newest when it was started again."""
         wanted = tag_value(execution_id)
-        best: dict[str, Any] | None = None
         for desired in ("RUNNING", "STOPPED"):
-            arns: list[str] = []
-            token: str | None = None
-            while True:
-                kwargs: dict[str, Any] = {
-                    "cluster": self.settings.cluster,
-                    "startedBy": STARTED_BY,
-                    "desiredStatus": desired,
-                }
-                if token:
-                    kwargs["nextToken"] = token
-                page = self._call("ListTasks", self._ecs.list_tasks, **kwargs)
-                arns.extend(page.get("taskArns") or [])
-                token = page.get("nextToken")
-                if not token:
-                    break
-            for start in range(0, len(arns), 100):
-                described = self._call(
-                    "DescribeTasks",
-                    self._ecs.describe_tasks,
-                    cluster=self.settings.cluster,
-                    tasks=arns[start : start + 100],
-                    include=["TAGS"],
-                )
-                for task in described.get("tasks") or []:
-                    tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
-                    if tags.get("execution") == wanted and (
-                        best is None or str(task.get("createdAt", "")) > str(best.get("createdAt", ""))
-                    ):
-                        best = task
-            if best is not None:
-                return str(best["taskArn"])
+            found = [t for t in self._listed_tasks(desired) if _tags(t).get("execution") == wanted]
+            if found:
+                return str(max(found, key=lambda t: str(t.get("createdAt", "")))["taskArn"])
         return None
+
+    def running_containers(self) -> list[RunningContainer]:
+        now = time.time()
+        containers = []
+        for task in self._listed_tasks("RUNNING"):
+            tags = _tags(task)
+            created = task.get("createdAt")
+            started = created.timestamp() if isinstance(created, datetime) else now
+            containers.append(
+                RunningContainer(
+                    handle_id=str(task["taskArn"]),
+                    invocation_id=tags.get("invocation", ""),
+                    namespace=tags.get("namespace", ""),
+                    age_seconds=max(0.0, now - started),
+                )
+            )
+        return containers
+
+    def _listed_tasks(self, desired: str) -> Iterator[dict[str, Any]]:
+        """Multinode's tasks in the cluster with this desired status, described with their tags."""
+        arns: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "cluster": self.settings.cluster,
+                "startedBy": STARTED_BY,
+                "desiredStatus": desired,
+            }
+            if token:
+                kwargs["nextToken"] = token
+            page = self._call("ListTasks", self._ecs.list_tasks, **kwargs)
+            arns.extend(page.get("taskArns") or [])
+            token = page.get("nextToken")
+            if not token:
+                break
+        for start in range(0, len(arns), DESCRIBE_BATCH):
+            described = self._call(
+                "DescribeTasks",
+                self._ecs.describe_tasks,
+                cluster=self.settings.cluster,
+                tasks=arns[start : start + DESCRIBE_BATCH],
+                include=["TAGS"],
+            )
+            yield from described.get("tasks") or []
 
     def _describe_tasks(self, arns: list[str]) -> list[dict[str, Any]]:
         """One DescribeTasks call (for :class:`TaskDescriptions`): the tasks ECS knows among ``arns``."""
@@ -349,11 +433,26 @@ class FargateProvisioner(Provisioner):
         return call(self.settings, operation, method, **kwargs)
 
 
-def _client_token(execution_id: str) -> str:
-    """RunTask's idempotency token: the execution id (up to 64 characters, ASCII 33-126)."""
-    if len(execution_id) <= 64 and all(33 <= ord(c) <= 126 for c in execution_id):
-        return execution_id
-    return hashlib.sha256(execution_id.encode()).hexdigest()
+def _tags(task: dict[str, Any]) -> dict[str, str]:
+    return {str(t.get("key")): str(t.get("value")) for t in task.get("tags") or []}
+
+
+def _start_key(spec: ContainerSpec) -> str:
+    """What identifies one start of an execution's container: the execution id, then ``ID#N`` for the
+    N-th start after a failure to start for lack of capacity."""
+    return spec.execution_id if spec.start_attempt == 0 else f"{spec.execution_id}#{spec.start_attempt}"
+
+
+def _gone(task: dict[str, Any]) -> bool:
+    """Whether a task's containers are gone (DEPROVISIONING: ECS is detaching its network interface)."""
+    return task.get("lastStatus") in ("DEPROVISIONING", "STOPPED")
+
+
+def _client_token(key: str) -> str:
+    """RunTask's idempotency token: the start key (up to 64 characters, ASCII 33-126), else its hash."""
+    if len(key) <= 64 and all(33 <= ord(c) <= 126 for c in key):
+        return key
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _check_overrides_size(overrides: dict[str, Any], environment: dict[str, str]) -> None:
@@ -363,5 +462,5 @@ def _check_overrides_size(overrides: dict[str, Any], environment: dict[str, str]
         raise ProvisionerError(
             f"The container's environment is {size} characters as RunTask overrides, over ECS's limit of "
             f"{MAX_OVERRIDES_CHARS}; the largest variables are {', '.join(largest)}. Keep large values "
-            "(e.g. TLS certificates) out of the control plane's settings."
+            "out of the control plane's settings (TLS material belongs in MULTINODE_CONTAINER_SECRET_ARN's secret)."
         )

@@ -19,6 +19,16 @@ Variable                               Meaning                                  
                                        (default ``/multinode/functions``)
 ``MULTINODE_ECR_REPOSITORY``           ECR repository that registration pushes     ``ecr_repository``
                                        version images to (optional)
+``MULTINODE_CONTAINER_SECRET_ARN``     Secrets Manager secret (or SSM parameter)   ``container_secret_arn``
+                                       holding the containers' Temporal
+                                       credentials and encryption keys as JSON
+                                       (``mn container-secret`` prints it);
+                                       needed when the worker has either
+``MULTINODE_TASK_FAMILY_PREFIX``       Prefix of the task-definition families      ``name_prefix``
+                                       (``PREFIX-fn-HASH``; default ``multinode``)
+``MULTINODE_FARGATE_SPOT``             ``off`` (default), ``retried`` (functions   ``fargate_spot``
+                                       with ``max_retries >= 1`` run on
+                                       FARGATE_SPOT) or ``all``
 =====================================  ==========================================  =========================
 
 ``terraform output -json worker_environment`` in ``deploy/terraform`` prints all of them at once.
@@ -39,6 +49,12 @@ DEFAULT_LOG_GROUP = "/multinode/functions"
 """CloudWatch Logs group the containers write to when ``MULTINODE_LOG_GROUP`` is unset."""
 DEFAULT_ASSIGN_PUBLIC_IP = False
 """Tasks get no public IP unless asked: private subnets reach AWS and Temporal through a NAT gateway."""
+DEFAULT_TASK_FAMILY_PREFIX = "multinode"
+"""Task-definition families are ``PREFIX-fn-HASH``: IAM can scope RunTask to ``PREFIX-fn-*``."""
+SPOT_MODES = ("off", "retried", "all")
+"""``MULTINODE_FARGATE_SPOT``: which functions run on FARGATE_SPOT. ``retried``: those with
+``max_retries >= 1``, which tolerate the interruption (a Spot reclaim fails the attempt, and it is retried)."""
+DEFAULT_SPOT = "off"
 
 TERRAFORM_DIR = "deploy/terraform"
 """Where the Terraform that creates these resources lives; ``terraform output`` there prints the values."""
@@ -63,6 +79,11 @@ class FargateSettings(BaseModel):
     log_group: str = DEFAULT_LOG_GROUP
     ecr_repository: str | None = None
     container_name: str = DEFAULT_CONTAINER_NAME
+    container_secret_arn: str | None = None
+    """Where containers' secrets (Temporal credentials, encryption keys) come from: task definitions
+    map it into ``MULTINODE_SECRETS``, never RunTask overrides."""
+    task_family_prefix: str = DEFAULT_TASK_FAMILY_PREFIX
+    spot: str = DEFAULT_SPOT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FargateSettings:
@@ -97,6 +118,15 @@ class FargateSettings(BaseModel):
             ),
             log_group=_get(env, "MULTINODE_LOG_GROUP") or DEFAULT_LOG_GROUP,
             ecr_repository=_get(env, "MULTINODE_ECR_REPOSITORY") or None,
+            container_secret_arn=_arn(
+                env,
+                "MULTINODE_CONTAINER_SECRET_ARN",
+                "the ARN of the Secrets Manager secret or SSM parameter holding the containers' credentials",
+                "container_secret_arn",
+                example="arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME",
+            ),
+            task_family_prefix=_family_prefix(env),
+            spot=_spot(env),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -114,7 +144,15 @@ class FargateSettings(BaseModel):
             env["MULTINODE_TASK_ROLE_ARN"] = self.task_role_arn
         if self.ecr_repository:
             env["MULTINODE_ECR_REPOSITORY"] = self.ecr_repository
+        if self.container_secret_arn:
+            env["MULTINODE_CONTAINER_SECRET_ARN"] = self.container_secret_arn
+        env["MULTINODE_TASK_FAMILY_PREFIX"] = self.task_family_prefix
+        env["MULTINODE_FARGATE_SPOT"] = self.spot
         return env
+
+    def uses_spot(self, retried: bool) -> bool:
+        """Whether a function (retried or not) runs on FARGATE_SPOT."""
+        return self.spot == "all" or (self.spot == "retried" and retried)
 
 
 def _get(env: Mapping[str, str], name: str) -> str:
@@ -158,17 +196,45 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigurationError(f"{name}={env.get(name)!r} must be true or false.", parameter=name)
 
 
-def _arn(env: Mapping[str, str], name: str, what: str, terraform_output: str, *, required: bool = False) -> str | None:
+def _arn(
+    env: Mapping[str, str],
+    name: str,
+    what: str,
+    terraform_output: str,
+    *,
+    required: bool = False,
+    example: str = "arn:aws:iam::ACCOUNT:role/NAME",
+) -> str | None:
     value = _get(env, name)
     if not value:
         if required:
             raise _missing(name, what, terraform_output)
         return None
     if not value.startswith("arn:"):
-        raise ConfigurationError(
-            f"{name}={value!r} is not an ARN: set it to {what} (arn:aws:iam::ACCOUNT:role/NAME).", parameter=name
-        )
+        raise ConfigurationError(f"{name}={value!r} is not an ARN: set it to {what} ({example}).", parameter=name)
     return value
+
+
+def _family_prefix(env: Mapping[str, str]) -> str:
+    prefix = _get(env, "MULTINODE_TASK_FAMILY_PREFIX") or DEFAULT_TASK_FAMILY_PREFIX
+    # A family is up to 255 letters, digits, hyphens and underscores; "-fn-" and 24 hex follow the prefix.
+    if len(prefix) > 200 or not prefix.replace("-", "").replace("_", "").isalnum() or not prefix.isascii():
+        raise ConfigurationError(
+            f"MULTINODE_TASK_FAMILY_PREFIX={prefix!r} must be up to 200 ASCII letters, digits, hyphens and "
+            "underscores (Terraform's name_prefix).",
+            parameter="MULTINODE_TASK_FAMILY_PREFIX",
+        )
+    return prefix
+
+
+def _spot(env: Mapping[str, str]) -> str:
+    mode = _get(env, "MULTINODE_FARGATE_SPOT").lower() or DEFAULT_SPOT
+    if mode not in SPOT_MODES:
+        raise ConfigurationError(
+            f"MULTINODE_FARGATE_SPOT={env.get('MULTINODE_FARGATE_SPOT')!r} must be one of {', '.join(SPOT_MODES)}.",
+            parameter="MULTINODE_FARGATE_SPOT",
+        )
+    return mode
 
 
 def _region(env: Mapping[str, str]) -> str | None:

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         PROGRESS_QUERY,
         PROGRESS_SIGNAL,
         PROVISION_ACTIVITY,
+        PROVISIONING_SIGNAL,
         RELEASE_SIGNAL,
         RELEASE_SLOT_ACTIVITY,
         REQUEST_SLOT_ACTIVITY,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         InvocationInput,
         InvocationState,
         ProgressUpdate,
+        ProvisioningWait,
         ProvisionInput,
         ReleaseSlotInput,
         RequestSlotInput,
@@ -91,7 +93,16 @@ RETRY_BACKOFF_MAX = timedelta(minutes=1)
 """Longest wait between two attempts."""
 PROVISION_TIMEOUT = timedelta(minutes=2)
 """One attempt at starting a container (a local activity: it holds the workflow task meanwhile)."""
+PROVISION_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+"""A remote provision activity that sends no heartbeat for this long (its worker died) is retried on
+another worker. It heartbeats every few seconds while it waits for capacity or for ECS."""
+PROVISION_ACTIVITY_TIMEOUT = timedelta(hours=24)
+"""Backstop for one remote provision activity; it ends far sooner, at ``MULTINODE_CAPACITY_WAIT_SECONDS``
+(at most 20 h) when there is no capacity."""
 LEAN_PATH_PATCH = "multinode-lean-path"
+CAPACITY_WAIT_PATCH = "multinode-capacity-wait"
+"""Remote provisioning heartbeats, may wait for capacity (PENDING meanwhile) and is cancellable; before,
+it ran up to 10 minutes per attempt, shielded from cancellation."""
 REATTACH_PATCH = "multinode-reattach"
 """A run activity that timed out on heartbeats while its container still runs is scheduled again (the
 container answers with the same call's outcome) instead of failing the attempt."""
@@ -137,6 +148,7 @@ class InvocationWorkflow:
             provisioner=input.provisioner,
         )
         self._current_execution: str | None = None
+        self._provisioning: ExecutionState | None = None
         self._progress_signals_used = 0
         self._progress_bytes_used = 0
         self._lean = False
@@ -163,6 +175,17 @@ class InvocationWorkflow:
         self._progress_signals_used += 1
         self._progress_bytes_used += len(json.dumps(update.value))
         self._state.result = update.value
+        self._show_details()
+
+    @workflow.signal(name=PROVISIONING_SIGNAL)
+    def provisioning_wait(self, wait: ProvisioningWait) -> None:
+        """The provision activity waits for capacity: the invocation is PENDING until it has a container."""
+        execution = self._provisioning
+        if execution is None or execution.execution_id != wait.execution_id or self._cancel_requested:
+            return  # late, or a cancel is on its way
+        execution.waiting_for_capacity = wait.reason
+        execution.status = InvocationStatus.PENDING
+        self._set_status(InvocationStatus.PENDING)
         self._show_details()
 
     @workflow.signal(name=SLOT_GRANTED_SIGNAL)
@@ -370,6 +393,8 @@ class InvocationWorkflow:
                 if not (isinstance(cause, ApplicationError) and cause.type in WORKER_LOCAL_ERROR_TYPES):
                     raise
                 # A local activity runs on this worker only: let any worker on the queue try.
+        if workflow.patched(CAPACITY_WAIT_PATCH):
+            return await self._provision_remote(request, execution)
         remote: ContainerHandle = await workflow.execute_activity(
             PROVISION_ACTIVITY,
             request,
@@ -378,6 +403,43 @@ class InvocationWorkflow:
             retry_policy=retry,
         )
         return remote
+
+    async def _provision_remote(self, request: ProvisionInput, execution: ExecutionState) -> ContainerHandle:
+        """Provision by a heartbeating activity that may wait long for capacity; a cancel stops the wait
+        (the activity stops a container it started but did not hand over)."""
+        provision = workflow.start_activity(
+            PROVISION_ACTIVITY,
+            request,
+            result_type=ContainerHandle,
+            start_to_close_timeout=PROVISION_ACTIVITY_TIMEOUT,
+            heartbeat_timeout=PROVISION_HEARTBEAT_TIMEOUT,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=30),
+                non_retryable_error_types=[ErrorType.PROVISIONER, ErrorType.CAPACITY_UNAVAILABLE],
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        self._provisioning = execution
+        try:
+            # Awaited under _uncancellable: a cancel sets _cancel_requested, which ends this wait.
+            await workflow.wait_condition(lambda: provision.done() or self._cancel_requested)
+            if not provision.done():
+                provision.cancel()
+            try:
+                handle: ContainerHandle = await provision
+                return handle
+            except ActivityError as err:
+                if self._cancel_requested and is_cancelled_exception(err):
+                    raise _AttemptEnd(InvocationStatus.CANCELLED) from None
+                raise
+        finally:
+            self._provisioning = None
+            if execution.waiting_for_capacity is not None:
+                execution.waiting_for_capacity = None
+                execution.status = InvocationStatus.RUNNING
+                if self._state.status == InvocationStatus.PENDING:
+                    self._set_status(InvocationStatus.RUNNING)
 
     def _local_activities(self) -> bool:
         """Whether provisioning runs as local activities: on the lean path, for the local provisioner
@@ -562,6 +624,8 @@ class InvocationWorkflow:
         """What the Temporal Web UI shows as the workflow's current details."""
         lines = [f"**Multinode {self._state.status}** · {self._input.project_name}.{self._input.function_name}"]
         lines.append(f"version {self._input.version_id}, attempt {len(self._state.executions) or '-'}")
+        if self._provisioning is not None and self._provisioning.waiting_for_capacity:
+            lines.append(f"waiting for capacity: {self._provisioning.waiting_for_capacity[:1500]}")
         if self._state.result is not None:
             progress = json.dumps(self._state.result)
             lines.append(f"progress: `{progress if len(progress) < 1500 else progress[:1500] + '...'}`")

@@ -8,11 +8,18 @@ Deleting a project keeps its workflow running as a tombstone (``deleted``, invis
 the numbering survives: registering the name again continues at the next number, and an application
 pinned to an old ``v1`` gets "not found" instead of new code. (A closed workflow would not do: Temporal
 forgets it after the namespace's retention period.)
+
+A fargate version's ``.env`` text (it is not in the image) is kept in the state's ``dotenvs``, which the
+memo, the version records, the describe query and update results leave out (``mn describe`` and every
+function's agent read those). It travels only in the registration's update input and continue-as-new
+input (encrypted payloads: registration requires it). A container's agent reads its own version's text
+with ``VERSION_ENV_QUERY``; the gate refuses user code that query and the registry's history.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from temporalio import workflow
 
@@ -23,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         PROJECT_WORKFLOW,
         REGISTER_UPDATE,
         REGISTRY_MEMO_KEY,
+        VERSION_ENV_QUERY,
         ProjectState,
         VersionRecord,
         VersionRegistration,
@@ -34,16 +42,26 @@ TOMBSTONE_PATCH = "multinode-project-tombstone"
 """From this patch on, a deleted project's workflow keeps running (before it, the run ended at deletion)."""
 
 
+@dataclass
+class RegistryState(ProjectState):
+    """The workflow's own state: ``ProjectState`` (what the memo, queries and updates show) and the
+    ``.env`` texts, which only this state and its continue-as-new input hold. A run started with a
+    ``ProjectState`` (a new project, or a run recorded before ``.env`` texts were kept) starts without."""
+
+    dotenvs: dict[str, str] = field(default_factory=dict, repr=False)
+    """version id -> its ``.env`` text (fargate versions)."""
+
+
 @workflow.defn(name=PROJECT_WORKFLOW)
 class ProjectWorkflow:
     @workflow.init
-    def __init__(self, state: ProjectState) -> None:
+    def __init__(self, state: RegistryState) -> None:
         self._state = state
         # True once this run keeps going after a deletion (TOMBSTONE_PATCH); a tombstone's next run starts so.
         self._tombstone = state.deleted
 
     @workflow.run
-    async def run(self, state: ProjectState) -> ProjectState:
+    async def run(self, state: RegistryState) -> ProjectState:
         while True:
             await workflow.wait_condition(
                 lambda: (
@@ -55,14 +73,20 @@ class ProjectWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             if self._state.deleted and not self._tombstone:
                 if not workflow.patched(TOMBSTONE_PATCH):
-                    return self._state  # a run recorded before the patch ended at deletion
+                    return _shown(self._state)  # a run recorded before the patch ended at deletion
                 self._tombstone = True
                 continue
-            workflow.continue_as_new(self._state, memo={REGISTRY_MEMO_KEY: asdict(self._state)})
+            # The next run's input holds the `.env` texts (its memo does not).
+            workflow.continue_as_new(self._state, memo={REGISTRY_MEMO_KEY: _memo(self._state)})
 
     @workflow.query(name=DESCRIBE_QUERY)
     def describe(self) -> ProjectState:
-        return self._state
+        return _shown(self._state)
+
+    @workflow.query(name=VERSION_ENV_QUERY)
+    def version_env(self, version_id: str) -> str:
+        """The ``.env`` text of a version ('' when it has none, or is deleted)."""
+        return "" if self._state.deleted else self._state.dotenvs.get(version_id, "")
 
     @workflow.update(name=REGISTER_UPDATE)
     def register_version(self, registration: VersionRegistration) -> VersionRecord:
@@ -70,6 +94,7 @@ class ProjectWorkflow:
             # Registering a deleted project's name again: a new project whose numbering continues.
             self._state.deleted = False
             self._state.versions = []
+            self._state.dotenvs = {}
         record = VersionRecord(
             version_id=f"v{self._state.next_version_number}",
             created_at=workflow.now().isoformat(),
@@ -79,8 +104,10 @@ class ProjectWorkflow:
             functions=registration.functions,
         )
         self._state.versions.append(record)
+        if registration.dotenv:
+            self._state.dotenvs[record.version_id] = registration.dotenv
         self._state.next_version_number += 1
-        workflow.upsert_memo({REGISTRY_MEMO_KEY: asdict(self._state)})
+        workflow.upsert_memo({REGISTRY_MEMO_KEY: _memo(self._state)})
         return record
 
     @register_version.validator
@@ -93,5 +120,16 @@ class ProjectWorkflow:
     @workflow.update(name=DELETE_UPDATE)
     def delete_project(self) -> ProjectState:
         self._state.deleted = True
-        workflow.upsert_memo({REGISTRY_MEMO_KEY: asdict(self._state)})
-        return self._state
+        self._state.dotenvs = {}  # nothing runs a deleted project's versions any more
+        workflow.upsert_memo({REGISTRY_MEMO_KEY: _memo(self._state)})
+        return _shown(self._state)
+
+
+def _memo(state: RegistryState) -> dict[str, Any]:
+    """The state as the memo shows it (to ``mn describe``, ``.start`` and every function's agent)."""
+    return asdict(_shown(state))
+
+
+def _shown(state: RegistryState) -> ProjectState:
+    """The state without the ``.env`` texts, as the memo, a query or an update's result shows it."""
+    return ProjectState(**{f.name: getattr(state, f.name) for f in fields(ProjectState)})
