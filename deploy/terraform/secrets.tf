@@ -9,9 +9,23 @@ resource "aws_secretsmanager_secret" "containers" {
   recovery_window_in_days = var.container_secret_recovery_days
 }
 
-# Only when container_secrets is set: the value then also sits in the Terraform state.
+# With container_secrets set, its value (which then also sits in the Terraform state).
 resource "aws_secretsmanager_secret_version" "containers" {
   count         = nonsensitive(var.container_secrets != null) ? 1 : 0
   secret_id     = aws_secretsmanager_secret.containers.id
   secret_string = var.container_secrets
+}
+
+# Otherwise "{}" to begin with: ECS cannot start a task whose secret has no value, and "{}" lets
+# containers connect with the public settings of their overrides, which is all a Temporal without
+# credentials needs. Put the real value with `mn container-secret | aws secretsmanager put-secret-value`;
+# later applies leave it alone.
+resource "aws_secretsmanager_secret_version" "containers_initial" {
+  count         = nonsensitive(var.container_secrets == null) ? 1 : 0
+  secret_id     = aws_secretsmanager_secret.containers.id
+  secret_string = "{}"
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
 }

@@ -1,8 +1,9 @@
 """A fargate version's ``.env``, delivered at run time instead of baked into its image.
 
 Anyone allowed to pull the image could read a file in it, so the image holds no ``.env``: registration
-records the text with the version in the project's registry (encrypted there: registration requires
-payload encryption for it), and the container's agent, which holds the Temporal connection, reads it
+records the text with the version in the project's registry (encrypted there with
+``MULTINODE_ENCRYPTION_KEYS``; in plain text without keys, as every payload then is, and registration
+warns), and the container's agent, which holds the Temporal connection, reads it
 with the registry's ``VERSION_ENV_QUERY`` once it has connected. The user process (started before
 that, from the image's entry point) asks its agent for it with an ``env`` frame and loads it before it
 imports ``main.py``. The text never passes through RunTask overrides, logs or the version's record; the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import os
 import threading
@@ -62,13 +63,9 @@ class ExecutorLoad:
     """How long the call that has waited longest has been waiting (0 with none waiting)."""
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "threads": self.threads,
-            "running": self.running,
-            "queued": self.queued,
-            "peak_queued": self.peak_queued,
-            "oldest_queued_seconds": round(self.oldest_queued_seconds, 3),
-        }
+        figures = {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        figures["oldest_queued_seconds"] = round(self.oldest_queued_seconds, 3)
+        return figures
 
 
 class BlockingExecutor:

@@ -1,7 +1,9 @@
 """Control-plane activities around one container: provision, watch, deprovision (the quota's are in
 ``quota.py``, cancelling nested invocations in ``children.py``, reading logs in ``log_reads.py``).
 
-The provisioner is synchronous (boto3 is); its calls run in threads so the worker's loop stays free.
+The provisioner is synchronous (boto3 is); its calls run on the worker's bounded executor for blocking
+calls (``_blocking.py``), heartbeating while they wait, so the worker's loop stays free; waits between
+calls (for capacity, for a container to be gone) are on the loop, never in a thread.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ class ProvisioningActivities:
             # later if this fails).
             started = await _started_anyway(starting)
             if started is not None:
-                await asyncio.shield(run_blocking(_stop_quietly, provisioner, started))
+                # One request, no waiting for it to be gone: the reconciler stops it if this is lost.
+                await asyncio.shield(run_blocking(_request_stop_quietly, provisioner, started))
             raise
         if status.state == ContainerState.EXITED and status.no_capacity:
             error = provisioner.no_capacity_error(status)
@@ -224,9 +227,9 @@ async def _started_anyway(starting: asyncio.Future[str]) -> str | None:
     return starting.result()
 
 
-def _stop_quietly(provisioner: Provisioner, handle_id: str) -> None:
+def _request_stop_quietly(provisioner: Provisioner, handle_id: str) -> None:
     try:
-        provisioner.stop(handle_id)
+        provisioner.request_stop(handle_id)
     except Exception:  # noqa: BLE001 - best effort; the reconciler stops what is left
         pass
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from multinode.artifacts.image import write_build_context
 from multinode.errors import ConfigurationError, ProvisionerError
+from multinode.provisioner._fargate_aws import error_code
 
 DOCKER_TIMEOUT_SECONDS = 3600
 """Longest a docker build or push may take."""
@@ -115,7 +116,7 @@ def ecr_digest(ecr: Any, ref: ImageRef) -> str | None:
     try:
         found = ecr.describe_images(registryId=account, repositoryName=ref.repository, imageIds=[image_id])
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = error_code(exc)
         if code == "ImageNotFoundException":
             return None
         if code == "RepositoryNotFoundException":

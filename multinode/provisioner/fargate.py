@@ -26,8 +26,6 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import boto3
@@ -51,6 +49,7 @@ from multinode.provisioner._fargate_describe import (
     Described,
     TaskDescriptions,
 )
+from multinode.provisioner._fargate_listing import STARTED_BY, find_task, running_containers
 from multinode.provisioner._fargate_status import stopped_task_status, task_has_exited
 from multinode.provisioner._fargate_task_definition import (
     CONTAINER_COMMAND,
@@ -92,8 +91,6 @@ __all__ = [
     "task_has_exited",
 ]
 
-STARTED_BY = "multinode"
-"""``startedBy`` of every task Multinode starts (ListTasks filters on it)."""
 STOP_REASON = "Stopped by Multinode"
 STOP_WAIT_SECONDS = 180.0
 """How long ``stop`` waits for a stopped task's container to be gone before failing (it is retried)."""
@@ -284,10 +281,9 @@ class FargateProvisioner(Provisioner):
         while not self.request_stop(handle_id):
             if time.monotonic() > deadline:
                 arn = self._task_arn(handle_id) or handle_id
-                last = self._descriptions.last_status(arn)
                 raise ProvisionerError(
-                    f"ECS task {arn} did not stop within {STOP_WAIT_SECONDS:g} s (last status {last}); "
-                    "stopping it is retried."
+                    f"ECS task {arn} did not stop within {STOP_WAIT_SECONDS:g} s "
+                    f"(last status {self._descriptions.last_status(arn)})."
                 )
             time.sleep(STOP_POLL_SECONDS)
 
@@ -366,58 +362,10 @@ class FargateProvisioner(Provisioner):
                 self._tasks.popitem(last=False)
 
     def _find_task(self, execution_id: str) -> str | None:
-        """The task started for an execution (by its ``execution`` tag), while ECS still lists it
-        (stopped tasks stay listed for about an hour); the newest when it was started again."""
-        wanted = tag_value(execution_id)
-        for desired in ("RUNNING", "STOPPED"):
-            found = [t for t in self._listed_tasks(desired) if _tags(t).get("execution") == wanted]
-            if found:
-                return str(max(found, key=lambda t: str(t.get("createdAt", "")))["taskArn"])
-        return None
+        return find_task(self.settings, self._ecs, execution_id)
 
     def running_containers(self) -> list[RunningContainer]:
-        now = time.time()
-        containers = []
-        for task in self._listed_tasks("RUNNING"):
-            tags = _tags(task)
-            created = task.get("createdAt")
-            started = created.timestamp() if isinstance(created, datetime) else now
-            containers.append(
-                RunningContainer(
-                    handle_id=str(task["taskArn"]),
-                    invocation_id=tags.get("invocation", ""),
-                    namespace=tags.get("namespace", ""),
-                    age_seconds=max(0.0, now - started),
-                )
-            )
-        return containers
-
-    def _listed_tasks(self, desired: str) -> Iterator[dict[str, Any]]:
-        """Multinode's tasks in the cluster with this desired status, described with their tags."""
-        arns: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {
-                "cluster": self.settings.cluster,
-                "startedBy": STARTED_BY,
-                "desiredStatus": desired,
-            }
-            if token:
-                kwargs["nextToken"] = token
-            page = self._call("ListTasks", self._ecs.list_tasks, **kwargs)
-            arns.extend(page.get("taskArns") or [])
-            token = page.get("nextToken")
-            if not token:
-                break
-        for start in range(0, len(arns), DESCRIBE_BATCH):
-            described = self._call(
-                "DescribeTasks",
-                self._ecs.describe_tasks,
-                cluster=self.settings.cluster,
-                tasks=arns[start : start + DESCRIBE_BATCH],
-                include=["TAGS"],
-            )
-            yield from described.get("tasks") or []
+        return running_containers(self.settings, self._ecs)
 
     def _describe_tasks(self, arns: list[str]) -> list[dict[str, Any]]:
         """One DescribeTasks call (for :class:`TaskDescriptions`): the tasks ECS knows among ``arns``."""
@@ -431,10 +379,6 @@ class FargateProvisioner(Provisioner):
     def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
         """One AWS call; configuration mistakes become ProvisionerError, transient failures propagate."""
         return call(self.settings, operation, method, **kwargs)
-
-
-def _tags(task: dict[str, Any]) -> dict[str, str]:
-    return {str(t.get("key")): str(t.get("value")) for t in task.get("tags") or []}
 
 
 def _start_key(spec: ContainerSpec) -> str:

@@ -15,13 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
-    CancelledError,
     TimeoutError,
-    TimeoutType,
     is_cancelled_exception,
 )
 
@@ -29,48 +27,38 @@ with workflow.unsafe.imports_passed_through():
     from multinode._protocol import (
         CANCEL_INVOCATIONS_ACTIVITY,
         CHILD_STARTED_SIGNAL,
-        DEPROVISION_ACTIVITY,
         DESCRIBE_QUERY,
-        INTERRUPT_ACTIVITY,
         INVOCATION_WORKFLOW,
         PROGRESS_QUERY,
         PROGRESS_SIGNAL,
-        PROVISION_ACTIVITY,
         PROVISIONING_SIGNAL,
         RELEASE_SIGNAL,
         RELEASE_SLOT_ACTIVITY,
         REQUEST_SLOT_ACTIVITY,
-        RUN_FUNCTION_ACTIVITY,
         SA_STATUS,
         SLOT_GRANTED_SIGNAL,
-        WATCH_ACTIVITY,
         ContainerExit,
         ContainerHandle,
         ErrorInfo,
         ExecutionState,
-        InterruptInput,
         InvocationInput,
         InvocationState,
         ProgressUpdate,
         ProvisioningWait,
-        ProvisionInput,
         ReleaseSlotInput,
         RequestSlotInput,
-        RunInput,
-        RunOutput,
         SlotRequest,
-        container_task_queue,
         quota_workflow_id,
     )
-    from multinode._vocabulary import WORKER_LOCAL_ERROR_TYPES, ErrorType, InterruptReason, InvocationStatus
+    from multinode._vocabulary import ErrorType, InvocationStatus
+    from multinode.workflows._attempt import (
+        FOREVER,
+        AttemptEnd,
+        error_from,
+    )
+    from multinode.workflows._container_run import ContainerRun
+    from multinode.workflows._provisioning import ProvisioningSteps
 
-CONTAINER_START_TIMEOUT = timedelta(minutes=10)
-"""How long a provisioned container may take to start polling for its execution."""
-RUN_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-"""A container that sends no heartbeat for this long is considered lost. Long, because user code in a C
-call that holds the GIL stops heartbeats; a container that dies is noticed at once by the watch."""
-EXIT_RESOLUTION_WAIT = timedelta(seconds=5)
-"""After a container exits, how long to wait for its run activity's own completion to arrive."""
 CHILDREN_PER_CANCELLATION = 500
 """Nested invocations cancelled by one activity (keeps its input far below the payload limit)."""
 SLOT_REQUEST_REPEAT = timedelta(minutes=5)
@@ -81,8 +69,6 @@ the starter died between starting the workflow and asking). Every invocation que
 asks once (a no-op for the quota, which knows it), so it is long enough to spare a deep queue a burst."""
 PRE_LEAN_SLOT_REQUEST_FALLBACK = timedelta(seconds=10)
 """The same for invocations started before LEAN_PATH_PATCH."""
-WATCH_END_WAIT = timedelta(seconds=10)
-"""After deprovisioning, how long to wait for the watch activity to see the container gone."""
 PROGRESS_SIGNAL_BUDGET = 4_000
 """Progress signals one invocation may receive over all its attempts (each costs ~4 history events)."""
 PROGRESS_BYTES_BUDGET = 16 * 1024 * 1024
@@ -91,40 +77,16 @@ RETRY_BACKOFF_INITIAL = timedelta(seconds=1)
 """Wait before the second attempt; doubles for each further attempt."""
 RETRY_BACKOFF_MAX = timedelta(minutes=1)
 """Longest wait between two attempts."""
-PROVISION_TIMEOUT = timedelta(minutes=2)
-"""One attempt at starting a container (a local activity: it holds the workflow task meanwhile)."""
-PROVISION_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-"""A remote provision activity that sends no heartbeat for this long (its worker died) is retried on
-another worker. It heartbeats every few seconds while it waits for capacity or for ECS."""
-PROVISION_ACTIVITY_TIMEOUT = timedelta(hours=24)
-"""Backstop for one remote provision activity; it ends far sooner, at ``MULTINODE_CAPACITY_WAIT_SECONDS``
-(at most 20 h) when there is no capacity."""
 LEAN_PATH_PATCH = "multinode-lean-path"
-CAPACITY_WAIT_PATCH = "multinode-capacity-wait"
-"""Remote provisioning heartbeats, may wait for capacity (PENDING meanwhile) and is cancellable; before,
-it ran up to 10 minutes per attempt, shielded from cancellation."""
-REATTACH_PATCH = "multinode-reattach"
-"""A run activity that timed out on heartbeats while its container still runs is scheduled again (the
-container answers with the same call's outcome) instead of failing the attempt."""
 """Invocations started before this patch provisioned and deprovisioned with remote activities, published
 their final status only after clean-up, and released their slot with a signal from the workflow."""
 
-_FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
 _T = TypeVar("_T")
 
 
-class _AttemptEnd(Exception):
-    """How an attempt ended other than by success."""
-
-    def __init__(self, status: InvocationStatus, error: ErrorInfo | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.error = error
-
-
 @workflow.defn(name=INVOCATION_WORKFLOW, sandboxed=False)
-class InvocationWorkflow:
+class InvocationWorkflow(ProvisioningSteps, ContainerRun):
     @workflow.init
     def __init__(self, input: InvocationInput) -> None:
         info = workflow.info()
@@ -212,7 +174,7 @@ class InvocationWorkflow:
                     CANCEL_INVOCATIONS_ACTIVITY,
                     pending[start : start + CHILDREN_PER_CANCELLATION],
                     start_to_close_timeout=timedelta(minutes=1),
-                    retry_policy=_FOREVER,
+                    retry_policy=FOREVER,
                 )
             )
 
@@ -296,7 +258,7 @@ class InvocationWorkflow:
             # A remote activity, not a local one: it must not hold a workflow-task slot of this worker
             # while the quota, which needs one, is busy (a deep queue's requests come due together).
             await workflow.execute_activity(
-                REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=_FOREVER
+                REQUEST_SLOT_ACTIVITY, request, start_to_close_timeout=timedelta(seconds=30), retry_policy=FOREVER
             )
             try:
                 await workflow.wait_condition(lambda: self._slot_granted, timeout=SLOT_REQUEST_REPEAT)
@@ -312,7 +274,7 @@ class InvocationWorkflow:
                     RELEASE_SLOT_ACTIVITY,
                     ReleaseSlotInput(quota_id=self._quota_id, invocation_id=self._state.invocation_id),
                     start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_FOREVER,
+                    retry_policy=FOREVER,
                 )
             )
             return
@@ -341,16 +303,16 @@ class InvocationWorkflow:
             assert handle is not None
             execution.container_handle = handle.handle_id
             if self._cancel_requested:
-                raise _AttemptEnd(InvocationStatus.CANCELLED)
+                raise AttemptEnd(InvocationStatus.CANCELLED)
             self._current_execution = execution.execution_id
             output = await self._run_in_container(execution, handle)
             self._state.result = output.result
             execution.status = InvocationStatus.SUCCEEDED
-        except _AttemptEnd as end:
+        except AttemptEnd as end:
             execution.status, execution.error = end.status, end.error
         except (ActivityError, ApplicationError, TimeoutError) as err:
             # Provisioning failed for good (a local activity's error comes unwrapped).
-            execution.status, execution.error = InvocationStatus.FAILED, _error_from(err, ErrorType.PROVISIONER)
+            execution.status, execution.error = InvocationStatus.FAILED, error_from(err, ErrorType.PROVISIONER)
         except asyncio.CancelledError:
             execution.status = InvocationStatus.CANCELLED  # while waiting on a container that had stopped
             raise
@@ -371,225 +333,6 @@ class InvocationWorkflow:
                 await self._release_slot()
             await self._end_watch()
         return execution
-
-    async def _provision(self, execution: ExecutionState) -> ContainerHandle:
-        request = ProvisionInput.for_target(self._input.target, workflow.info().workflow_id, execution.execution_id)
-        retry = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ErrorType.PROVISIONER])
-        if self._local_activities():
-            try:
-                handle: ContainerHandle = await workflow.execute_local_activity(
-                    PROVISION_ACTIVITY,
-                    request,
-                    result_type=ContainerHandle,
-                    start_to_close_timeout=PROVISION_TIMEOUT,
-                    schedule_to_close_timeout=timedelta(minutes=10),
-                    retry_policy=RetryPolicy(
-                        maximum_attempts=5, non_retryable_error_types=[ErrorType.PROVISIONER, *WORKER_LOCAL_ERROR_TYPES]
-                    ),
-                )
-                return handle
-            except (ActivityError, ApplicationError) as err:
-                cause = err.cause if isinstance(err, ActivityError) else err
-                if not (isinstance(cause, ApplicationError) and cause.type in WORKER_LOCAL_ERROR_TYPES):
-                    raise
-                # A local activity runs on this worker only: let any worker on the queue try.
-        if workflow.patched(CAPACITY_WAIT_PATCH):
-            return await self._provision_remote(request, execution)
-        remote: ContainerHandle = await workflow.execute_activity(
-            PROVISION_ACTIVITY,
-            request,
-            result_type=ContainerHandle,
-            start_to_close_timeout=timedelta(minutes=10),
-            retry_policy=retry,
-        )
-        return remote
-
-    async def _provision_remote(self, request: ProvisionInput, execution: ExecutionState) -> ContainerHandle:
-        """Provision by a heartbeating activity that may wait long for capacity; a cancel stops the wait
-        (the activity stops a container it started but did not hand over)."""
-        provision = workflow.start_activity(
-            PROVISION_ACTIVITY,
-            request,
-            result_type=ContainerHandle,
-            start_to_close_timeout=PROVISION_ACTIVITY_TIMEOUT,
-            heartbeat_timeout=PROVISION_HEARTBEAT_TIMEOUT,
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=1),
-                maximum_interval=timedelta(seconds=30),
-                non_retryable_error_types=[ErrorType.PROVISIONER, ErrorType.CAPACITY_UNAVAILABLE],
-            ),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
-        self._provisioning = execution
-        try:
-            # Awaited under _uncancellable: a cancel sets _cancel_requested, which ends this wait.
-            await workflow.wait_condition(lambda: provision.done() or self._cancel_requested)
-            if not provision.done():
-                provision.cancel()
-            try:
-                handle: ContainerHandle = await provision
-                return handle
-            except ActivityError as err:
-                if self._cancel_requested and is_cancelled_exception(err):
-                    raise _AttemptEnd(InvocationStatus.CANCELLED) from None
-                raise
-        finally:
-            self._provisioning = None
-            if execution.waiting_for_capacity is not None:
-                execution.waiting_for_capacity = None
-                execution.status = InvocationStatus.RUNNING
-                if self._state.status == InvocationStatus.PENDING:
-                    self._set_status(InvocationStatus.RUNNING)
-
-    def _local_activities(self) -> bool:
-        """Whether provisioning runs as local activities: on the lean path, for the local provisioner
-        only, whose calls take milliseconds. A local activity holds one of the worker's workflow-task
-        slots while it runs, and a cloud backend's start or stop can take seconds to minutes."""
-        return self._lean and self._input.provisioner == "local"
-
-    def _deprovision(self, handle: ContainerHandle) -> Awaitable[None]:
-        if self._local_activities():
-            return workflow.execute_local_activity(
-                DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
-            )
-        return workflow.execute_activity(
-            DEPROVISION_ACTIVITY, handle, start_to_close_timeout=timedelta(minutes=5), retry_policy=_FOREVER
-        )
-
-    async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
-        grace = timedelta(seconds=handle.grace_period_seconds)
-        queue = handle.task_queue or container_task_queue(execution.execution_id)
-        run_input = RunInput(
-            invocation_id=workflow.info().workflow_id,
-            execution_id=execution.execution_id,
-            function_name=self._input.function_name,
-            args=self._input.args,
-            timeout_seconds=self._input.config.timeout_seconds,
-            grace_period_seconds=handle.grace_period_seconds,
-            **self._progress_budget(execution.attempt),
-        )
-        # Backstop only: the container raises the timeout in user code itself at the deadline.
-        deadline = workflow.now() + self._input.config.timeout + grace + timedelta(seconds=30)
-
-        def start_run() -> workflow.ActivityHandle[RunOutput]:
-            return workflow.start_activity(
-                RUN_FUNCTION_ACTIVITY,
-                run_input,
-                result_type=RunOutput,
-                task_queue=queue,
-                schedule_to_start_timeout=CONTAINER_START_TIMEOUT,
-                start_to_close_timeout=max(deadline - workflow.now(), CONTAINER_START_TIMEOUT),
-                heartbeat_timeout=RUN_HEARTBEAT_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=1),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
-
-        run = start_run()
-        watch = workflow.start_activity(
-            WATCH_ACTIVITY,
-            handle,
-            result_type=ContainerExit,
-            start_to_close_timeout=self._input.config.timeout + CONTAINER_START_TIMEOUT + grace * 2,
-            # A watch whose control-plane worker died is retried on another one after this long (it
-            # must outlast one status call to a throttled cloud API).
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=_FOREVER,
-        )
-        self._watch = watch
-        while True:
-            output = await self._await_run(run, watch, queue, grace)
-            if output is not None:
-                break
-            # Heartbeats stopped reaching Temporal, but the container is still there (Temporal or this
-            # network was away): ask it for the run again; it answers with the same call's outcome.
-            if not self._may_reattach(watch, deadline):
-                message = f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."
-                raise _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_LOST, message))
-            run = start_run()
-        if self._cancel_requested:
-            raise _AttemptEnd(InvocationStatus.CANCELLED)
-        return output
-
-    def _may_reattach(self, watch: workflow.ActivityHandle[ContainerExit], deadline: datetime) -> bool:
-        if self._cancel_requested or watch.done() or workflow.now() >= deadline:
-            return False
-        return workflow.patched(REATTACH_PATCH)
-
-    async def _await_run(
-        self,
-        run: workflow.ActivityHandle[RunOutput],
-        watch: workflow.ActivityHandle[ContainerExit],
-        queue: str,
-        grace: timedelta,
-    ) -> RunOutput | None:
-        """The run's output; None if it ended by a heartbeat timeout (the container may still be there)."""
-        try:
-            await workflow.wait([run, watch], return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            self._cancel_requested = True
-            self._set_status(InvocationStatus.CANCELLING)
-            self._start_cancelling_children()
-            run.cancel()
-            # Faster than the run activity's next heartbeat: an activity on the container's own
-            # queue raises the error in the user code at once.
-            workflow.start_activity(
-                INTERRUPT_ACTIVITY,
-                InterruptInput(reason=InterruptReason.CANCELLED),
-                task_queue=queue,
-                schedule_to_close_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_attempts=1),
-            )
-            await _settle([run, watch], grace + timedelta(seconds=5))
-            if not run.done():
-                raise _AttemptEnd(InvocationStatus.CANCELLED) from None  # grace period over: deprovision kills it
-        if not run.done():
-            # The container ended; its own report of the run may still be on its way.
-            await _settle([run], EXIT_RESOLUTION_WAIT)
-        if not run.done():
-            run.cancel()
-            message = f"The container stopped: {watch.result().reason}"
-            raise _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_EXITED, message))
-        try:
-            return run.result()
-        except (ActivityError, asyncio.CancelledError) as err:
-            cause = err.cause if isinstance(err, ActivityError) else None
-            if isinstance(cause, TimeoutError) and cause.type == TimeoutType.HEARTBEAT and not self._cancel_requested:
-                return None
-            raise self._classify(err) from None
-
-    async def _end_watch(self) -> None:
-        """The container is gone, so the watch ends by itself within a poll; cancelling it instead
-        would leave it to report to a closed workflow."""
-        watch, self._watch = self._watch, None
-        if watch is not None and not watch.done():
-            await self._uncancellable(_settle([watch], WATCH_END_WAIT))
-            if not watch.done():
-                watch.cancel()
-
-    def _classify(self, err: BaseException) -> _AttemptEnd:
-        cause = err.cause if isinstance(err, ActivityError) else err
-        if self._cancel_requested:
-            return _AttemptEnd(InvocationStatus.CANCELLED)
-        if isinstance(cause, ApplicationError):
-            if cause.type == ErrorType.INVOCATION_CANCELLED:
-                return _AttemptEnd(InvocationStatus.CANCELLED)
-            if cause.type == ErrorType.INVOCATION_TIMED_OUT:
-                return _AttemptEnd(InvocationStatus.TIMED_OUT, _error_from(err, ErrorType.INVOCATION_TIMED_OUT))
-            return _AttemptEnd(InvocationStatus.FAILED, _error_from(err, ErrorType.ERROR))
-        if isinstance(cause, (CancelledError, asyncio.CancelledError)):
-            return _AttemptEnd(InvocationStatus.CANCELLED)
-        if isinstance(cause, TimeoutError):
-            if cause.type == TimeoutType.START_TO_CLOSE:
-                return _AttemptEnd(
-                    InvocationStatus.TIMED_OUT,
-                    ErrorInfo(ErrorType.INVOCATION_TIMED_OUT, "The execution ran past its timeout and grace period."),
-                )
-            if cause.type == TimeoutType.SCHEDULE_TO_START:
-                message = f"The container did not start within {CONTAINER_START_TIMEOUT}."
-            else:
-                message = f"The container stopped heartbeating for {RUN_HEARTBEAT_TIMEOUT}."
-            return _AttemptEnd(InvocationStatus.FAILED, ErrorInfo(ErrorType.CONTAINER_LOST, message))
-        return _AttemptEnd(InvocationStatus.FAILED, _error_from(err, ErrorType.ERROR))
 
     async def _uncancellable(self, awaitable: Awaitable[_T]) -> _T:
         """Await to the end even if the workflow is cancelled meanwhile; remember the request."""
@@ -632,22 +375,6 @@ class InvocationWorkflow:
         workflow.set_current_details("\n\n".join(lines))
 
 
-async def _settle(futures: list[Any], timeout: timedelta) -> None:
-    try:
-        await workflow.wait_condition(lambda: any(f.done() for f in futures), timeout=timeout)
-    except asyncio.TimeoutError:
-        pass
-
-
 def _backoff(attempt: int) -> timedelta:
     seconds = RETRY_BACKOFF_INITIAL.total_seconds() * (2 ** (attempt - 1))
     return timedelta(seconds=min(seconds, RETRY_BACKOFF_MAX.total_seconds()))
-
-
-def _error_from(err: BaseException, default_type: ErrorType) -> ErrorInfo:
-    cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
-    if isinstance(cause, ApplicationError):
-        details = cause.details
-        traceback = details[0] if details and isinstance(details[0], str) else None
-        return ErrorInfo(type=cause.type or default_type, message=cause.message, traceback=traceback)
-    return ErrorInfo(type=default_type, message=str(cause))
