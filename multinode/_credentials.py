@@ -24,11 +24,11 @@ _PR_SET_DUMPABLE = 4
 _PUBLIC_PROFILE_KEYS = frozenset({"address", "namespace"})
 
 
-def make_undumpable() -> None:
+def make_undumpable() -> bool:
     """Other processes of the same user (user code's) cannot read this one's memory, environment or
     descriptors through /proc or ptrace, unless they hold CAP_SYS_PTRACE (root outside a container
-    does). Children inherit it until they exec."""
-    _set_dumpable(0)
+    does). Children inherit it until they exec. Whether it worked."""
+    return _set_dumpable(0)
 
 
 def make_dumpable() -> None:
@@ -36,13 +36,14 @@ def make_dumpable() -> None:
     _set_dumpable(1)
 
 
-def _set_dumpable(value: int) -> None:
+def _set_dumpable(value: int) -> bool:
     try:
         failed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, value, 0, 0, 0) != 0
     except (OSError, AttributeError):
         failed = True
     if failed:
         print(f"[multinode] warning: could not set PR_SET_DUMPABLE to {value}", file=sys.stderr)
+    return not failed
 
 
 def credential_free_env(environ: Mapping[str, str]) -> dict[str, str]:

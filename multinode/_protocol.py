@@ -102,8 +102,8 @@ class VersionRegistration:
     functions: dict[str, FunctionRecord]
     dotenv: str = field(default="", repr=False)
     """fargate: the tasks folder's ``.env`` (not in the image). The registry keeps it out of its memo and
-    of ``VersionRecord``; containers read it with ``VERSION_ENV_QUERY`` (registration requires payload
-    encryption for it). Empty for local versions: they load the stored folder's file."""
+    of ``VersionRecord``; containers read it with ``VERSION_ENV_QUERY`` (encrypted when payloads are;
+    registration warns when they are not). Empty for local versions: they load the stored folder's file."""
 
 
 @dataclass

@@ -13,4 +13,4 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   fi
 fi
 bash scripts/lint.sh
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --durations=30 "$@"

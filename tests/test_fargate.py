@@ -479,6 +479,7 @@ def test_start_launches_a_sized_tagged_task_and_stop_stops_it(
         "invocation": container_spec.invocation_id,
         "execution": container_spec.execution_id,
         "namespace": "default",
+        "start": "0",
     }
     (run,) = run_calls
     assert run["clientToken"] == container_spec.execution_id
@@ -604,7 +605,7 @@ def test_a_task_ecs_does_not_know_counts_as_gone_after_a_grace(
     """Right after RunTask, DescribeTasks may not know the task yet (ECS is eventually consistent)."""
     provisioner.missing_grace_seconds = 0.5
     unknown = f"arn:aws:ecs:{fargate_settings.region}:123456789012:task/{fargate_settings.cluster}/{uuid.uuid4().hex}"
-    assert provisioner.status(unknown).state == "running"
+    assert provisioner.status(unknown).state == "starting"  # not visible yet: provisioning waits for it
     status = exited(provisioner, unknown, timeout=30)
     assert status.exit_code is None and "ECS has no task" in status.reason
     provisioner.stop(unknown)  # nothing to stop

@@ -238,7 +238,7 @@ def test_an_invocation_waiting_for_capacity_is_pending_and_can_be_cancelled(
     assert invocation.status == InvocationStatus.PENDING
     assert "Capacity is unavailable" in (invocation.executions[-1].waiting_for_capacity or "")
     fn.cancel(invocation_id)
-    # The cancel reaches the waiting provision activity with a heartbeat's answer (within ~25 s).
+    # The cancel reaches the waiting provision activity with a heartbeat's answer (within ~12 s).
     cancelled = assert_eventually(
         lambda: (i := fn.get(invocation_id)).status == InvocationStatus.CANCELLED and i.terminated and i,
         timeout=60,
@@ -387,7 +387,7 @@ def test_a_worker_that_dies_while_provisioning_is_replaced_within_a_minute(
     fargate_stack: Any, project_name: str, worker: Any, fargate_settings: FargateSettings, aws_env: AwsTarget
 ) -> None:
     """The provision activity heartbeats: when its worker dies mid-wait, another worker takes it over
-    after the heartbeat timeout (30 s), resumes the wait and starts the container; no attempt is used."""
+    after the heartbeat timeout (15 s), resumes the wait and starts the container; no attempt is used."""
     fargate_stack({"main.py": E2E_TASKS})
     worker.stop()  # from now on only the worker processes below serve the task queue
     fargate_stack.fake.fail_next_starts(10_000, reason=CAPACITY_REASON)

@@ -31,7 +31,7 @@ VOCABULARY: list[type[enum.Enum]] = [InvocationStatus, ErrorType, InterruptReaso
 MEMBERS = [member for vocabulary in VOCABULARY for member in vocabulary]
 FOREIGN: dict[tuple[str, str], str] = {
     ("provisioner/_fargate_aws.py", "Error"): "the key of boto3's error response",
-    ("provisioner/fargate.py", "RUNNING"): "an ECS task status (ListTasks desiredStatus)",
+    ("provisioner/_fargate_listing.py", "RUNNING"): "an ECS task status (ListTasks desiredStatus)",
 }
 """Strings that equal a vocabulary value by chance, in someone else's vocabulary."""
 

@@ -42,8 +42,11 @@ def main() -> None:
     # Before anything else: the secrets ECS put in the environment (``MULTINODE_SECRETS``, from the task
     # definition's ``secrets``) leave it, and this process becomes unreadable to others of its user
     # (/proc/PID/environ, ptrace) before the user-code process exists.
-    make_undumpable()
+    protected = make_undumpable()
     blob = os.environ.pop(ENV_CONTAINER_SECRETS, None)
+    if blob is not None and not protected:
+        # /proc/1/environ still holds the variable as ECS set it: only non-dumpability keeps user code out.
+        sys.exit("[multinode] refusing to run: the container holds secrets and could not make itself non-dumpable")
     environ = dict(os.environ)
     settings = settings_with_secrets(blob, environ) if blob is not None else MultinodeSettings.from_env(environ)
     user_pid, sock = spawn_user_process(environ)

@@ -29,7 +29,7 @@ CAPACITY_BACKOFF_INITIAL_SECONDS = 5.0
 CAPACITY_BACKOFF_MAX_SECONDS = 120.0
 """Longest wait between two starts while there is no capacity."""
 HEARTBEAT_SECONDS = 5.0
-"""How often a waiting provision activity heartbeats (the workflow gives it 30 s)."""
+"""How often a waiting provision activity heartbeats (the workflow gives it 15 s)."""
 
 
 @dataclass
@@ -67,19 +67,29 @@ class CapacityWait:
             return 0.0
         return (datetime.now(timezone.utc) - self.waiting_since).total_seconds()
 
+    def start_waiting(self) -> None:
+        """The wait's clock starts (at the first capacity, quota or transient error)."""
+        if self.waiting_since is None:
+            self.waiting_since = datetime.now(timezone.utc)
+
+    async def note(
+        self, error: CapacityUnavailableError, client: Client, invocation_id: str, execution_id: str
+    ) -> None:
+        """Count a wait: the clock starts, and the workflow hears why (the first time, then every 10th)."""
+        self.start_waiting()
+        self.errors += 1
+        if self.errors % 10 == 1:
+            activity.logger.info("No capacity for execution %s yet: %s", execution_id, error)
+            await _tell_workflow(client, invocation_id, execution_id, str(error))
+
     async def wait_or_fail(
         self, error: CapacityUnavailableError, client: Client, invocation_id: str, execution_id: str
     ) -> None:
         """Sleep (heartbeating) before the next start; fail the attempt for good once the wait is over."""
-        first = self.waiting_since is None
-        if first:
-            self.waiting_since = datetime.now(timezone.utc)
+        self.start_waiting()
         if self.waited() >= self.wait_seconds:
             raise give_up(error, self.wait_seconds) from error
-        self.errors += 1
-        if first or self.errors % 10 == 0:
-            activity.logger.info("No capacity for execution %s yet: %s", execution_id, error)
-            await _tell_workflow(client, invocation_id, execution_id, str(error))
+        await self.note(error, client, invocation_id, execution_id)
         delay = min(CAPACITY_BACKOFF_INITIAL_SECONDS * 2 ** (self.errors - 1), CAPACITY_BACKOFF_MAX_SECONDS)
         delay = min(delay, max(0.0, self.wait_seconds - self.waited()) + 0.1)
         await self.sleep(delay)

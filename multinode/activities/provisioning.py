@@ -38,8 +38,11 @@ from multinode._vocabulary import ContainerState, ErrorType, is_resource_limit_e
 from multinode.activities._blocking import run_blocking, stop_until_gone
 from multinode.activities._capacity import CapacityWait, give_up
 from multinode.errors import ProvisionerError, VersionNotStoredError
-from multinode.provisioner import CapacityUnavailableError, ContainerSpec, Provisioner
+from multinode.provisioner import CapacityUnavailableError, ContainerSpec, ContainerStatus, Provisioner
 
+STARTING_IS_WAITING_SECONDS = 60.0
+"""A container still looking for capacity after this long (Fargate: PROVISIONING) counts as waiting for
+capacity: the invocation shows PENDING, and the wait's deadline applies."""
 LOG_LINES_IN_EXIT_REASON = 8
 """Last lines of a container's output quoted when it stops unexpectedly."""
 TRANSIENT_RPC_CODES = frozenset(
@@ -92,21 +95,26 @@ class ProvisioningActivities:
                 namespace=self._settings.temporal_namespace,
             )
             try:
-                handle_id = await self._start(provisioner, spec, wait)
+                handle_id = await self._start(provisioner, spec, wait, request)
             except CapacityUnavailableError as exc:
-                if isinstance(exc, _FailedToStart):
-                    wait.start_attempt += 1  # that container is gone: the next start is a new one
+                # No container came of that start (refused, or failed to start): the next start is a new
+                # request, with a token of its own (an idempotent RunTask would answer the old refusal).
+                wait.start_attempt += 1
                 await wait.wait_or_fail(exc, self._client, request.invocation_id, request.execution_id)
                 continue
             except VersionNotStoredError as exc:
-                # Retryable: another control-plane worker on this queue may have the version.
-                raise ApplicationError(str(exc), type=ErrorType.VERSION_NOT_STORED) from exc
+                # Another control-plane worker on this queue may have the version: let it try, a few times.
+                raise ApplicationError(
+                    str(exc), type=ErrorType.VERSION_NOT_STORED, non_retryable=activity.info().attempt >= 5
+                ) from exc
             except ProvisionerError as exc:
                 raise ApplicationError(str(exc), type=ErrorType.PROVISIONER, non_retryable=True) from exc
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Transient (network, AWS server errors): the activity is retried, within the same wait.
+                # Transient (network, AWS server errors, throttled reads) or a bug: the activity is retried,
+                # adopting what it started, within the same wait as capacity.
+                wait.start_waiting()
                 if wait.waited() >= wait.wait_seconds:
                     raise give_up(CapacityUnavailableError(f"{type(exc).__name__}: {exc}"), wait.wait_seconds) from exc
                 raise
@@ -118,33 +126,65 @@ class ProvisioningActivities:
                 task_queue=provisioner.task_queue(handle_id),
             )
 
-    async def _start(self, provisioner: Provisioner, spec: ContainerSpec, wait: CapacityWait) -> str:
+    async def _start(
+        self, provisioner: Provisioner, spec: ContainerSpec, wait: CapacityWait, request: ProvisionInput
+    ) -> str:
         """Start the container; with a backend whose containers may still fail to start for lack of
         capacity, wait until it has found some (``_FailedToStart`` if it has not)."""
         wait.heartbeat()
         # Shielded: a cancel while RunTask is in flight must still learn the task, to stop it.
         starting = asyncio.ensure_future(run_blocking(provisioner.start, spec, heartbeat_details=wait.details()))
+        handle_id: str | None = None
         try:
             handle_id = await asyncio.shield(starting)
             if not provisioner.may_lack_capacity:
                 return handle_id
-            while True:
-                status = await run_blocking(provisioner.status, handle_id, heartbeat_details=wait.details())
-                if status.state != ContainerState.STARTING:
-                    break
-                await wait.sleep(provisioner.status_poll_interval)
+            status = await self._until_started(provisioner, handle_id, wait, request)
         except asyncio.CancelledError:
-            # Cancelled before the container was handed over: stop it here (the reconciler stops it
-            # later if this fails).
-            started = await _started_anyway(starting)
-            if started is not None:
-                # One request, no waiting for it to be gone: the reconciler stops it if this is lost.
-                await asyncio.shield(run_blocking(_request_stop_quietly, provisioner, started))
+            # Stopped only for a cancel the workflow asked for. A worker shutting down, a heartbeat
+            # timeout or an attempt the server lost means a retry elsewhere adopts this very container.
+            details = activity.cancellation_details()
+            if (
+                details is not None
+                and details.cancel_requested
+                and not (details.worker_shutdown or details.timed_out or details.not_found)
+            ):
+                started = handle_id or await _started_anyway(starting)
+                if started is not None:  # one request: the reconciler stops it if this is lost
+                    await asyncio.shield(run_blocking(_request_stop_quietly, provisioner, started))
+            raise
+        except Exception as exc:
+            final = isinstance(exc, ProvisionerError) or wait.waited() >= wait.wait_seconds
+            if handle_id is not None and final and not isinstance(exc, CapacityUnavailableError):
+                # Nothing will hand this container over (a retry would adopt it): stop it.
+                await asyncio.shield(run_blocking(_request_stop_quietly, provisioner, handle_id))
             raise
         if status.state == ContainerState.EXITED and status.no_capacity:
             error = provisioner.no_capacity_error(status)
             raise _FailedToStart(str(error), limit=error.limit, remedy=error.remedy)
         return handle_id
+
+    async def _until_started(
+        self, provisioner: Provisioner, handle_id: str, wait: CapacityWait, request: ProvisionInput
+    ) -> ContainerStatus:
+        """The container's status once it has left STARTING. A container that stays STARTING long (no
+        capacity found yet) counts as a wait for capacity: PENDING, and stopped once the wait is over."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            status = await run_blocking(provisioner.status, handle_id, heartbeat_details=wait.details())
+            if status.state != ContainerState.STARTING:
+                return status
+            if loop.time() - since > STARTING_IS_WAITING_SECONDS:
+                stuck = CapacityUnavailableError(
+                    f"The container has been waiting for capacity for {loop.time() - since:.0f} s "
+                    "(Fargate: the task is still PROVISIONING)."
+                )
+                if wait.waited() >= wait.wait_seconds:
+                    await run_blocking(_request_stop_quietly, provisioner, handle_id)
+                    raise give_up(stuck, wait.wait_seconds)
+                await wait.note(stuck, self._client, request.invocation_id, request.execution_id)
+            await wait.sleep(provisioner.status_poll_interval)
 
     @activity.defn(name=WATCH_ACTIVITY)
     async def watch(self, handle: ContainerHandle) -> ContainerExit:

@@ -20,12 +20,18 @@ STARTED_BY = "multinode"
 """``startedBy`` of every task Multinode starts (ListTasks filters on it)."""
 
 
-def find_task(settings: FargateSettings, ecs: Any, execution_id: str) -> str | None:
-    """The task started for an execution (by its ``execution`` tag), while ECS still lists it (stopped
-    tasks stay listed for about an hour); the newest when it was started again."""
+def find_task(settings: FargateSettings, ecs: Any, execution_id: str, start: int | None = None) -> str | None:
+    """The task started for an execution (by its ``execution`` tag; with ``start``, by that start's tag
+    too), while ECS still lists it (stopped tasks stay listed for about an hour); the newest when it was
+    started again."""
     wanted = tag_value(execution_id)
+
+    def matches(task: dict[str, Any]) -> bool:
+        tags = tags_of(task)
+        return tags.get("execution") == wanted and (start is None or tags.get("start", "0") == str(start))
+
     for desired in ("RUNNING", "STOPPED"):
-        found = [t for t in listed_tasks(settings, ecs, desired) if tags_of(t).get("execution") == wanted]
+        found = [t for t in listed_tasks(settings, ecs, desired) if matches(t)]
         if found:
             return str(max(found, key=lambda t: str(t.get("createdAt", "")))["taskArn"])
     return None

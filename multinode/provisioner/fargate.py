@@ -188,6 +188,7 @@ class FargateProvisioner(Provisioner):
             "invocation": spec.invocation_id,
             "execution": spec.execution_id,
             "namespace": spec.namespace,
+            "start": str(spec.start_attempt),
         }
         spot = self.settings.uses_spot(spec.interruptible)
         placement: dict[str, Any] = (
@@ -239,7 +240,7 @@ class FargateProvisioner(Provisioner):
         if not isinstance(cause, ClientError) or error_code(cause) != "ConflictException":
             return None
         existing = [str(arn) for arn in cause.response.get("resourceIds") or [] if str(arn).startswith("arn:")]
-        return existing[0] if existing else self._find_task(spec.execution_id)
+        return existing[0] if existing else find_task(self.settings, self._ecs, spec.execution_id, spec.start_attempt)
 
     def task_definition_request(self, image: str) -> dict[str, Any]:
         """RegisterTaskDefinition arguments for ``image`` (the family is derived from the image)."""
@@ -264,7 +265,8 @@ class FargateProvisioner(Provisioner):
         described = self._descriptions.recent(arn, self.status_poll_interval / 2)
         if described.task is None:
             if described.missing_for() < self.missing_grace_seconds:
-                return ContainerStatus(ContainerState.RUNNING)  # not visible yet right after RunTask
+                # Not visible yet right after RunTask (ECS is eventually consistent): still starting.
+                return ContainerStatus(ContainerState.STARTING)
             return ContainerStatus(
                 ContainerState.EXITED, None, f"ECS has no task {arn} in cluster {self.settings.cluster!r} (any more)"
             )
@@ -296,7 +298,18 @@ class FargateProvisioner(Provisioner):
         described = self._descriptions.recent(arn, STOP_POLL_SECONDS / 2)
         task = described.task
         if task is None:
-            return described.missing_for() >= self.missing_grace_seconds  # ECS does not know it (any more)
+            if described.missing_for() >= self.missing_grace_seconds:
+                return True  # ECS does not know it (any more)
+            # Not visible yet right after RunTask: ask for the stop anyway (ECS may know it already).
+            self._call_or_none(
+                {"InvalidParameterException", "ClientException"},
+                "StopTask",
+                self._ecs.stop_task,
+                cluster=self.settings.cluster,
+                task=arn,
+                reason=STOP_REASON,
+            )
+            return False
         if _gone(task):
             return True
         if task.get("desiredStatus") == "STOPPED":

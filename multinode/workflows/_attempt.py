@@ -29,9 +29,12 @@ WATCH_END_WAIT = timedelta(seconds=10)
 """After deprovisioning, how long to wait for the watch activity to see the container gone."""
 PROVISION_TIMEOUT = timedelta(minutes=2)
 """One attempt at starting a container (a local activity: it holds the workflow task meanwhile)."""
-PROVISION_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+PROVISION_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 """A remote provision activity that sends no heartbeat for this long (its worker died) is retried on
-another worker. It heartbeats every few seconds while it waits for capacity or for ECS."""
+another worker, which adopts what it started. It heartbeats every 5 s while it waits for capacity, for
+ECS or for a thread; a cancel reaches it with a heartbeat's answer, within 80% of this."""
+DEPROVISION_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+"""The same for clean-up, which heartbeats while it waits for the container to be gone."""
 PROVISION_ACTIVITY_TIMEOUT = timedelta(hours=24)
 """Backstop for one remote provision activity; it ends far sooner, at ``MULTINODE_CAPACITY_WAIT_SECONDS``
 (at most 20 h) when there is no capacity."""

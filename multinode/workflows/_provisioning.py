@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from multinode._vocabulary import WORKER_LOCAL_ERROR_TYPES, ErrorType, InvocationStatus
     from multinode.workflows._attempt import (
         CAPACITY_WAIT_PATCH,
+        DEPROVISION_HEARTBEAT_TIMEOUT,
         FOREVER,
         PROVISION_ACTIVITY_TIMEOUT,
         PROVISION_HEARTBEAT_TIMEOUT,
@@ -133,6 +134,6 @@ class ProvisioningSteps:
             start_to_close_timeout=timedelta(minutes=5),
             # It heartbeats while it waits for the container to be gone: a dead worker's clean-up is
             # taken over within this, not after the start-to-close.
-            heartbeat_timeout=PROVISION_HEARTBEAT_TIMEOUT,
+            heartbeat_timeout=DEPROVISION_HEARTBEAT_TIMEOUT,
             retry_policy=FOREVER,
         )

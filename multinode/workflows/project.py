@@ -12,7 +12,8 @@ forgets it after the namespace's retention period.)
 A fargate version's ``.env`` text (it is not in the image) is kept in the state's ``dotenvs``, which the
 memo, the version records, the describe query and update results leave out (``mn describe`` and every
 function's agent read those). It travels only in the registration's update input and continue-as-new
-input (encrypted payloads: registration requires it). A container's agent reads its own version's text
+input (encrypted with the payloads; in plain text without keys, and registration warns), at most
+``MAX_REGISTRY_DOTENV_BYTES`` over all versions. A container's agent reads its own version's text
 with ``VERSION_ENV_QUERY``; the gate refuses user code that query and the registry's history.
 """
 
@@ -50,6 +51,11 @@ class RegistryState(ProjectState):
 
     dotenvs: dict[str, str] = field(default_factory=dict, repr=False)
     """version id -> its ``.env`` text (fargate versions)."""
+
+
+MAX_REGISTRY_DOTENV_BYTES = 1024 * 1024
+"""Bytes of ``.env`` texts one project's registry may hold over all its versions: the texts are part of
+each continued run's input, which Temporal caps at 2 MB."""
 
 
 @workflow.defn(name=PROJECT_WORKFLOW)
@@ -116,6 +122,15 @@ class ProjectWorkflow:
             raise ValueError(f"project {self._state.project_name!r} is being deleted")
         if not registration.functions:
             raise ValueError("a version needs at least one function")
+        if registration.dotenv and not self._state.deleted:
+            held = sum(len(text.encode()) for text in self._state.dotenvs.values())
+            if held + len(registration.dotenv.encode()) > MAX_REGISTRY_DOTENV_BYTES:
+                raise ValueError(
+                    f"project {self._state.project_name!r} already holds {held:,} bytes of .env texts for its "
+                    f"versions, and at most {MAX_REGISTRY_DOTENV_BYTES:,} fit in its registry (they travel with it "
+                    "in Temporal): make .env smaller, keep large values in AWS Secrets Manager read by the "
+                    "function, or register under a new project name (`mn delete` frees a project's)"
+                )
 
     @workflow.update(name=DELETE_UPDATE)
     def delete_project(self) -> ProjectState:
