@@ -17,13 +17,16 @@ import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
+from multinode.provisioner.fargate import FargateProvisioner
 from multinode.provisioner.fargate_settings import FargateSettings
 from tests.fake_fargate import FakeFargate, LocalImage
 
@@ -259,6 +262,24 @@ def fixture_aws_network(aws_target: AwsTarget) -> Iterator[AwsNetwork]:
     finally:
         for what, action in reversed(cleanups):
             _retry_cleanup(action, what)
+
+
+@contextmanager
+def stubbed_provisioner(
+    monkeypatch: pytest.MonkeyPatch, settings: FargateSettings
+) -> Iterator[tuple[FargateProvisioner, Stubber]]:
+    """A Fargate provisioner whose ECS client answers from botocore's Stubber, without HTTP: for the error
+    shapes moto cannot produce. Dummy credentials; no endpoint."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    provisioner = FargateProvisioner(settings)
+    with Stubber(provisioner._ecs) as stubber:
+        yield provisioner, stubber
 
 
 def running_task_arns(ecs: Any, cluster: str) -> list[str]:

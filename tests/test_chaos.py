@@ -45,11 +45,11 @@ from tests.conftest import start_dev_server
 from tests.helpers import assert_eventually, wait_for_worker, write_tasks
 
 LONG = bool(os.environ.get("MULTINODE_TEST_LONG"))
-INVOCATIONS = 500 if LONG else 100
+INVOCATIONS = 500 if LONG else 70
 """Invocations the test starts (each `nested` one starts one more, a child)."""
-START_SECONDS = 300.0 if LONG else 60.0
+START_SECONDS = 300.0 if LONG else 45.0
 """The starts are spread over this long, from the beginning of the chaos."""
-CHAOS_SECONDS = 360.0 if LONG else 80.0
+CHAOS_SECONDS = 360.0 if LONG else 55.0
 """How long the chaos loop runs."""
 DRAIN_SECONDS = 300.0 if LONG else 150.0
 """After the chaos, how long every invocation has to reach its final status."""

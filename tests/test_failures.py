@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from multinode._handle import DeployedFunction
 from multinode._settings import MultinodeSettings
 from multinode.errors import InvocationFailedError
 from multinode.provisioner.local import LocalProvisioner
+from multinode.workflows import invocation as invocation_workflow
 from multinode.workflows.invocation import SLOT_REQUEST_FALLBACK
 from tests.helpers import ThreadWorker, assert_eventually
 
@@ -200,8 +202,12 @@ def test_invocation_asks_for_its_slot_itself_when_the_starter_did_not(
         return None
 
     monkeypatch.setattr(DeployedFunction, "_request_slots", starter_died)
+    # The worker runs in this process: its workflows wait 3 s for a grant instead of 30 s before asking.
+    fallback = timedelta(seconds=3)
+    assert fallback < SLOT_REQUEST_FALLBACK
+    monkeypatch.setattr(invocation_workflow, "SLOT_REQUEST_FALLBACK", fallback)
     invocation_id = fn.start(0)
     assert fn.await_result(invocation_id, timeout=90) == "done"
     invocation = fn.get(invocation_id)
     assert invocation.started_at and invocation.created_at
-    assert (invocation.started_at - invocation.created_at).total_seconds() >= SLOT_REQUEST_FALLBACK.total_seconds()
+    assert (invocation.started_at - invocation.created_at).total_seconds() >= fallback.total_seconds()

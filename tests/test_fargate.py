@@ -49,6 +49,7 @@ from tests.aws import (  # noqa: F401 - fixtures
     fixture_fargate_settings,
     moto_only,
     running_task_arns,
+    stubbed_provisioner,
 )
 from tests.fake_fargate import FakeFargate, LocalImage
 from tests.helpers import ThreadWorker, assert_eventually, workflow_types, write_tasks
@@ -387,16 +388,8 @@ def test_a_task_is_exited_once_its_container_is_stopped() -> None:
 
 @pytest.fixture
 def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FargateProvisioner, Stubber]]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    provisioner = FargateProvisioner(FargateSettings.from_env(FULL_ENV))
-    provisioner._task_definitions[IMAGE] = "arn:aws:ecs:eu-west-1:123456789012:task-definition/multinode-x:1"
-    with Stubber(provisioner._ecs) as stubber:
+    with stubbed_provisioner(monkeypatch, FargateSettings.from_env(FULL_ENV)) as (provisioner, stubber):
+        provisioner._task_definitions[IMAGE] = "arn:aws:ecs:eu-west-1:123456789012:task-definition/multinode-x:1"
         yield provisioner, stubber
 
 
@@ -880,9 +873,13 @@ def fargate_stack(
     fargate_settings: FargateSettings,
     project_name: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):  # noqa: ANN201
     """``register(files) -> VersionRecord`` for the fargate backend, with a fake data plane that runs each
     registered version's image from the local version store."""
+    # The worker runs in this process: it looks at its tasks every second instead of every 5 s (ECS's
+    # rate limits do not apply to moto), which only makes the tests quicker.
+    monkeypatch.setattr(FargateProvisioner, "status_poll_interval", 1.0)
     store = LocalVersionStore(settings.home)
     images: dict[str, LocalImage] = {}
 

@@ -41,6 +41,7 @@ from tests.aws import (  # noqa: F401 - fixtures
     fixture_fargate_settings,
     moto_only,
     running_task_arns,
+    stubbed_provisioner,
 )
 from tests.helpers import assert_eventually
 from tests.test_fargate import E2E_TASKS, FULL_ENV, IMAGE, fargate_stack, settings, spec  # noqa: F401 - fixtures
@@ -53,16 +54,9 @@ TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/multinode/0123456789abcdef01
 
 @pytest.fixture
 def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FargateProvisioner, Stubber]]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    provisioner = FargateProvisioner(FargateSettings.from_env({**FULL_ENV, "MULTINODE_FARGATE_SPOT": "retried"}))
-    provisioner._task_definitions[IMAGE] = "arn:aws:ecs:eu-west-1:123456789012:task-definition/multinode-fn-x:1"
-    with Stubber(provisioner._ecs) as stubber:
+    settings = FargateSettings.from_env({**FULL_ENV, "MULTINODE_FARGATE_SPOT": "retried"})
+    with stubbed_provisioner(monkeypatch, settings) as (provisioner, stubber):
+        provisioner._task_definitions[IMAGE] = "arn:aws:ecs:eu-west-1:123456789012:task-definition/multinode-fn-x:1"
         yield provisioner, stubber
 
 
@@ -204,6 +198,8 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker runs in this process: shorten the waits between starts (5 s, 10 s, ...)."""
     monkeypatch.setattr(_capacity, "CAPACITY_BACKOFF_INITIAL_SECONDS", 0.2)
     monkeypatch.setattr(_capacity, "HEARTBEAT_SECONDS", 0.5)
+    # The worker's provisioner looks at a starting task every second instead of every 5 s.
+    monkeypatch.setattr(FargateProvisioner, "status_poll_interval", 1.0)
 
 
 @moto_only
@@ -305,7 +301,12 @@ def container_secret(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
 @moto_only
 @pytest.mark.container_secret
 def test_containers_get_keys_from_the_secret_and_user_code_never_sees_them(
-    fargate_stack: Any, project_name: str, fargate_settings: FargateSettings, aws_env: AwsTarget, container_secret: str
+    fast_backoff: None,
+    fargate_stack: Any,
+    project_name: str,
+    fargate_settings: FargateSettings,
+    aws_env: AwsTarget,
+    container_secret: str,
 ) -> None:
     fargate_stack({"main.py": SECRET_TASKS})
     assert get_deployed_function(project_name, "nested").call_remote() == 42  # the agent decrypts and relays

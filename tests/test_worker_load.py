@@ -43,6 +43,7 @@ from tests.aws import (  # noqa: F401 - fixtures
     fixture_aws_network,
     fixture_aws_target,
     fixture_fargate_settings,
+    stubbed_provisioner,
 )
 from tests.helpers import assert_eventually
 
@@ -263,15 +264,7 @@ def _task(last: str, desired: str) -> dict[str, Any]:
 
 @pytest.fixture
 def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FargateProvisioner, Stubber]]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    provisioner = FargateProvisioner(_settings())
-    with Stubber(provisioner._ecs) as stubber:
+    with stubbed_provisioner(monkeypatch, _settings()) as (provisioner, stubber):
         yield provisioner, stubber
         stubber.assert_no_pending_responses()
 
