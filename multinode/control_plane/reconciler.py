@@ -66,8 +66,7 @@ async def reconcile_once(
         candidates = [c for c in containers if c.namespace == client.namespace and c.age_seconds >= min_age_seconds]
         closed = await _closed_invocations(client, {c.invocation_id for c in candidates})
         for container in candidates:
-            if container.invocation_id in closed:
-                await _stop(provisioner, container)
+            if container.invocation_id in closed and await _stop(provisioner, container):
                 stopped.append(container.handle_id)
     return stopped
 
@@ -109,12 +108,12 @@ async def _closed_invocations(client: Client, invocation_ids: set[str]) -> set[s
     return {i for i, is_closed in zip(ids, answers, strict=True) if is_closed}
 
 
-async def _stop(provisioner: Provisioner, container: RunningContainer) -> None:
+async def _stop(provisioner: Provisioner, container: RunningContainer) -> bool:
+    """Ask for the stop (ECS does the rest; the next round looks again); whether it was asked."""
     logger.warning("stopping container %s: its invocation %s has closed", container.handle_id, container.invocation_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 300
-    while not await run_blocking(provisioner.request_stop, container.handle_id):
-        if loop.time() > deadline:
-            logger.warning("container %s did not stop within 300 s; the next round tries again", container.handle_id)
-            return
-        await asyncio.sleep(provisioner.stop_poll_interval)
+    try:
+        await run_blocking(provisioner.request_stop, container.handle_id)
+    except Exception as exc:  # noqa: BLE001 - one container's failure must not end the round
+        logger.warning("could not stop container %s (the next round tries again): %s", container.handle_id, exc)
+        return False
+    return True
