@@ -4,9 +4,8 @@ invocation workflow."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -34,13 +33,10 @@ with workflow.unsafe.imports_passed_through():
         FOREVER,
         REATTACH_PATCH,
         RUN_HEARTBEAT_TIMEOUT,
-        WATCH_END_WAIT,
         AttemptEnd,
         error_from,
         settle,
     )
-
-_T = TypeVar("_T")
 
 
 class ContainerRun:
@@ -50,17 +46,9 @@ class ContainerRun:
     _cancel_requested: bool
     _watch: workflow.ActivityHandle[ContainerExit] | None
 
-    def _set_status(self, status: str) -> None:
-        raise NotImplementedError  # the workflow's
-
-    def _start_cancelling_children(self) -> None:
-        raise NotImplementedError  # the workflow's
-
-    async def _uncancellable(self, awaitable: Awaitable[_T]) -> _T:
-        raise NotImplementedError  # the workflow's
-
-    def _progress_budget(self, attempt: int) -> dict[str, int]:
-        raise NotImplementedError  # the workflow's
+    _set_status: Callable[[str], None]
+    _start_cancelling_children: Callable[[], None]
+    _progress_budget: Callable[[int], dict[str, int]]
 
     async def _run_in_container(self, execution: ExecutionState, handle: ContainerHandle) -> RunOutput:
         grace = timedelta(seconds=handle.grace_period_seconds)
@@ -162,15 +150,6 @@ class ContainerRun:
             if isinstance(cause, TimeoutError) and cause.type == TimeoutType.HEARTBEAT and not self._cancel_requested:
                 return None
             raise self._classify(err) from None
-
-    async def _end_watch(self) -> None:
-        """The container is gone, so the watch ends by itself within a poll; cancelling it instead
-        would leave it to report to a closed workflow."""
-        watch, self._watch = self._watch, None
-        if watch is not None and not watch.done():
-            await self._uncancellable(settle([watch], WATCH_END_WAIT))
-            if not watch.done():
-                watch.cancel()
 
     def _classify(self, err: BaseException) -> AttemptEnd:
         cause = err.cause if isinstance(err, ActivityError) else err

@@ -7,7 +7,7 @@ PENDING meanwhile; ``activities/_capacity.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -45,8 +45,7 @@ class ProvisioningSteps:
     _cancel_requested: bool
     _provisioning: ExecutionState | None
 
-    def _set_status(self, status: str) -> None:
-        raise NotImplementedError  # the workflow's
+    _set_status: Callable[[str], None]
 
     async def _provision(self, execution: ExecutionState) -> ContainerHandle:
         request = ProvisionInput.for_target(self._input.target, workflow.info().workflow_id, execution.execution_id)

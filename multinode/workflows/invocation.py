@@ -51,11 +51,7 @@ with workflow.unsafe.imports_passed_through():
         quota_workflow_id,
     )
     from multinode._vocabulary import ErrorType, InvocationStatus
-    from multinode.workflows._attempt import (
-        FOREVER,
-        AttemptEnd,
-        error_from,
-    )
+    from multinode.workflows._attempt import FOREVER, WATCH_END_WAIT, AttemptEnd, error_from, settle
     from multinode.workflows._container_run import ContainerRun
     from multinode.workflows._provisioning import ProvisioningSteps
 
@@ -333,6 +329,15 @@ class InvocationWorkflow(ProvisioningSteps, ContainerRun):
                 await self._release_slot()
             await self._end_watch()
         return execution
+
+    async def _end_watch(self) -> None:
+        """The container is gone, so the watch ends by itself within a poll; cancelling it instead
+        would leave it to report to a closed workflow."""
+        watch, self._watch = self._watch, None
+        if watch is not None and not watch.done():
+            await self._uncancellable(settle([watch], WATCH_END_WAIT))
+            if not watch.done():
+                watch.cancel()
 
     async def _uncancellable(self, awaitable: Awaitable[_T]) -> _T:
         """Await to the end even if the workflow is cancelled meanwhile; remember the request."""
