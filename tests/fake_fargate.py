@@ -11,7 +11,9 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import stat
 import subprocess
+import textwrap
 import threading
 import time
 from collections import deque
@@ -388,3 +390,20 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(process.pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def script_image(root: Path, script: str) -> LocalImage:
+    """A tiny local "image" for tests: a folder whose entry point (standing for ``python``) is a shell script."""
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / "entry.sh"
+    entry.write_text("#!/bin/sh\n" + textwrap.dedent(script).lstrip())
+    entry.chmod(entry.stat().st_mode | stat.S_IXUSR)
+    return LocalImage(workdir=root, python=entry)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

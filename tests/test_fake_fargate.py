@@ -5,8 +5,6 @@ against moto (tests/test_fargate.py runs them through the provisioner)."""
 
 from __future__ import annotations
 
-import stat
-import textwrap
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +32,8 @@ from tests.fake_fargate import (
     SPOT_INTERRUPTED,
     FakeFargate,
     LocalImage,
+    process_alive,
+    script_image,
 )
 from tests.helpers import assert_eventually
 
@@ -56,22 +56,6 @@ SLEEPER = """
 touch ready
 exec sleep 3600
 """
-
-
-def local_image(root: Path, script: str) -> LocalImage:
-    """A local "image": a folder whose entry point (standing for ``python``) is a shell script."""
-    root.mkdir(parents=True, exist_ok=True)
-    entry = root / "entry.sh"
-    entry.write_text("#!/bin/sh\n" + textwrap.dedent(script).lstrip())
-    entry.chmod(entry.stat().st_mode | stat.S_IXUSR)
-    return LocalImage(workdir=root, python=entry)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Tasks:
@@ -166,7 +150,7 @@ def wait_ready(image: LocalImage) -> None:
 def test_fake_data_plane_shows_a_task_that_exits_as_ecs_does(
     tasks: Tasks, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = local_image(
+    image = script_image(
         tmp_path / "exits",
         """
         echo "PLAIN=$PLAIN"
@@ -203,9 +187,9 @@ def test_fake_data_plane_stop_task_sends_sigterm_then_sigkill_after_the_stop_tim
     tasks: Tasks, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
     images = {
-        "graceful": local_image(tmp_path / "graceful", GRACEFUL),
-        "stubborn": local_image(tmp_path / "stubborn", STUBBORN),
-        "patient": local_image(tmp_path / "patient", STUBBORN),
+        "graceful": script_image(tmp_path / "graceful", GRACEFUL),
+        "stubborn": script_image(tmp_path / "stubborn", STUBBORN),
+        "patient": script_image(tmp_path / "patient", STUBBORN),
     }
     fake = fake_fargate(images.__getitem__)
     graceful = tasks.run(tasks.definition("graceful"))["taskArn"]
@@ -234,14 +218,14 @@ def test_fake_data_plane_stop_task_sends_sigterm_then_sigkill_after_the_stop_tim
     killed = tasks.wait_status(stubborn, "STOPPED")
     assert time.monotonic() - stopped_at >= 3.0  # its stopTimeout
     assert (killed["stopCode"], killed["containers"][0]["exitCode"]) == ("UserInitiated", 137)
-    assert not alive(pids[stubborn])
+    assert not process_alive(pids[stubborn])
 
     # Without a stopTimeout, Fargate waits 30 s: the patient one still runs.
-    assert alive(pids[patient]) and tasks.describe(patient)["lastStatus"] == "STOPPING"
+    assert process_alive(pids[patient]) and tasks.describe(patient)["lastStatus"] == "STOPPING"
     fake.stop()  # the data plane goes away: it kills what runs, and the tasks being stopped are stopped
     gone = tasks.describe(patient)
     assert (gone["lastStatus"], gone["containers"][0]["exitCode"]) == ("STOPPED", 137)
-    assert not alive(pids[patient])
+    assert not process_alive(pids[patient])
 
 
 def test_fake_data_plane_injects_secrets_from_secrets_manager_and_ssm(
@@ -253,7 +237,7 @@ def test_fake_data_plane_injects_secrets_from_secrets_manager_and_ssm(
     secret = secretsmanager.create_secret(Name=name, SecretString='{"profile": "{\\"a\\": 1}", "n": 5}')["ARN"]
     ssm.put_parameter(Name=f"/{name}/key", Value="k3y", Type="SecureString")
     parameter_arn = ssm.get_parameter(Name=f"/{name}/key")["Parameter"]["ARN"]
-    image = local_image(
+    image = script_image(
         tmp_path / "env",
         """
         echo "WHOLE=$WHOLE"
@@ -307,7 +291,7 @@ def test_fake_data_plane_injects_secrets_from_secrets_manager_and_ssm(
 def test_fake_data_plane_fail_next_starts_stops_tasks_for_capacity(
     tasks: Tasks, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = local_image(tmp_path / "sleeper", SLEEPER)
+    image = script_image(tmp_path / "sleeper", SLEEPER)
     fake = fake_fargate(lambda uri: image)
     fake.fail_next_starts(2)
     definition = tasks.definition("sleeper")
@@ -331,7 +315,7 @@ def test_fake_data_plane_runs_fargate_spot_and_interrupts_it(
 ) -> None:
     cluster = tasks.ecs.describe_clusters(clusters=[tasks.settings.cluster])["clusters"][0]
     assert cluster["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
-    image = local_image(tmp_path / "graceful", GRACEFUL)
+    image = script_image(tmp_path / "graceful", GRACEFUL)
     fake = fake_fargate(lambda uri: image)
     definition = tasks.definition("graceful")
     spot = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
@@ -358,7 +342,7 @@ def test_fake_data_plane_runs_fargate_spot_and_interrupts_it(
 def test_fake_data_plane_deprovisions_for_a_while_when_asked(
     tasks: Tasks, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = local_image(tmp_path / "quick", "exit 0\n")
+    image = script_image(tmp_path / "quick", "exit 0\n")
     fake_fargate(lambda uri: image, deprovision_seconds=1.0)
     arn = tasks.run(tasks.definition("quick"))["taskArn"]
     deprovisioning = tasks.wait_status(arn, "DEPROVISIONING")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,7 +49,7 @@ from tests.aws import (  # noqa: F401 - fixtures
     running_task_arns,
     stubbed_provisioner,
 )
-from tests.fake_fargate import FakeFargate, LocalImage
+from tests.fake_fargate import FakeFargate, LocalImage, process_alive, script_image
 from tests.helpers import ThreadWorker, assert_eventually, workflow_types, write_tasks
 
 IMAGE = "public.ecr.aws/docker/library/python:3.12-slim"
@@ -709,28 +707,11 @@ def test_real_task_without_multinode_exits_with_an_error(provisioner: FargatePro
 # --- the fake data plane ----------------------------------------------------------------------------
 
 
-def fake_image(root: Path, script: str) -> LocalImage:
-    """A tiny local "image": a folder whose entry point (standing for ``python``) is a shell script."""
-    root.mkdir(parents=True, exist_ok=True)
-    entry = root / "entry.sh"
-    entry.write_text("#!/bin/sh\n" + textwrap.dedent(script).lstrip())
-    entry.chmod(entry.stat().st_mode | stat.S_IXUSR)
-    return LocalImage(workdir=root, python=entry)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @moto_only
 def test_fake_data_plane_runs_a_task_and_stop_task_kills_it(
     provisioner: FargateProvisioner, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = fake_image(
+    image = script_image(
         tmp_path / "sleeper",
         """
         echo "started in $(pwd) with: $*"
@@ -742,13 +723,13 @@ def test_fake_data_plane_runs_a_task_and_stop_task_kills_it(
     fake = fake_fargate(lambda uri: image)
     arn = provisioner.start(spec())
     pid = fake.wait_started(arn)
-    assert _alive(pid)
+    assert process_alive(pid)
     text, _ = logs_with(provisioner, arn, "a warning")
     assert f"started in {image.workdir} with: -m multinode._runtime.container\n" in text
     assert "GREETING=hello from the overrides PYTHONUNBUFFERED=1\n" in text
     assert provisioner.status(arn).state == "running"
     provisioner.stop(arn)  # returns once ECS reports the task stopped, as on Fargate
-    assert not _alive(pid), fake.errors
+    assert not process_alive(pid), fake.errors
     assert fake.exit_codes.get(arn) == 143  # SIGTERM ended it
     status = provisioner.status(arn)
     assert status.state == "exited" and status.exit_code == 143
@@ -759,7 +740,7 @@ def test_fake_data_plane_runs_a_task_and_stop_task_kills_it(
 def test_task_that_exits_with_an_error_is_reported_with_exit_code_and_output(
     provisioner: FargateProvisioner, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = fake_image(
+    image = script_image(
         tmp_path / "failer",
         """
         echo "working"
@@ -781,7 +762,7 @@ def test_task_that_exits_with_an_error_is_reported_with_exit_code_and_output(
 def test_fake_data_plane_leaves_no_process_behind(
     provisioner: FargateProvisioner, fake_fargate: Callable[..., FakeFargate], tmp_path: Path
 ) -> None:
-    image = fake_image(
+    image = script_image(
         tmp_path / "forker",
         """
         sleep 3600 &
@@ -800,11 +781,11 @@ def test_fake_data_plane_leaves_no_process_behind(
         )
     )
     provisioner.stop(arn)  # the whole task goes, its background process too
-    assert_eventually(lambda: not _alive(pid) and not _alive(child), timeout=30)
+    assert_eventually(lambda: not process_alive(pid) and not process_alive(child), timeout=30)
     second = provisioner.start(spec())
     second_pid = fake.wait_started(second)
     fake.stop()  # shutting the fake down kills what still runs
-    assert not _alive(second_pid) and fake.alive_pids() == []
+    assert not process_alive(second_pid) and fake.alive_pids() == []
     provisioner.stop(second)
 
 
